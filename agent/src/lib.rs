@@ -1,0 +1,4 @@
+//! The meshgate agent as a library: the binary is a thin CLI over these modules, and the
+//! namespace tests drive them directly.
+
+pub mod dataplane;

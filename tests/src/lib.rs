@@ -1,0 +1,1 @@
+//! The veth/netns test harness.

@@ -2,7 +2,9 @@
 //! foundation test (a program that loads and sees traffic) and as the `XDP_PASS`
 //! baseline in benchmarks.
 
-use aya_ebpf::{bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext,
+};
 use meshgate_common::{PROBE_BYTES, PROBE_COUNTER_SLOTS, PROBE_PACKETS};
 
 #[map(name = "PROBE_COUNTERS")]

@@ -19,7 +19,7 @@ pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
 /// data.
 #[inline(always)]
 pub fn replace16_at(check: u16, rel_off: usize, old: u16, new: u16) -> u16 {
-    if rel_off % 2 == 0 {
+    if rel_off.is_multiple_of(2) {
         replace16(check, old, new)
     } else {
         replace16(check, old.swap_bytes(), new.swap_bytes())

@@ -36,10 +36,10 @@ pub enum DataplaneError {
         name: &'static str,
         /// The interface.
         iface: String,
-        /// Why native (driver) mode failed.
-        native: aya::programs::ProgramError,
+        /// Why native (driver) mode failed (boxed: two aya errors make the enum large).
+        native: Box<aya::programs::ProgramError>,
         /// Why skb (generic) mode failed.
-        skb: aya::programs::ProgramError,
+        skb: Box<aya::programs::ProgramError>,
     },
     /// A map is missing, has an unexpected type, or an operation on it failed.
     #[error("eBPF map `{name}`: {source}")]

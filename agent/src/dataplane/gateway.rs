@@ -172,8 +172,8 @@ impl Dataplane {
             Err(DataplaneError::Attach { source: skb, .. }) => Err(DataplaneError::AttachAuto {
                 name: program::XDP_GATEWAY,
                 iface: iface.into(),
-                native,
-                skb,
+                native: Box::new(native),
+                skb: Box::new(skb),
             }),
             Err(other) => Err(other),
         }
@@ -306,7 +306,7 @@ impl Dataplane {
                 IpNet::V4(n) => self.routes_v4.insert(&key_v4(n), entry, 0),
                 IpNet::V6(n) => self.routes_v6.insert(&key_v6(n), entry, 0),
             }
-            .map_err(|source| map_error(net, source))?;
+            .map_err(|source| route_error(net, source))?;
             self.routes.insert(net, route_id);
         }
         for net in plan.removals {
@@ -315,7 +315,7 @@ impl Dataplane {
                 IpNet::V6(n) => self.routes_v6.remove(&key_v6(n)),
             }
             .or_else(ignore_not_found)
-            .map_err(|source| map_error(net, source))?;
+            .map_err(|source| route_error(net, source))?;
             self.routes.remove(&net);
         }
         Ok(plan.diff)
@@ -350,7 +350,7 @@ impl Dataplane {
                 IpNet::V4(n) => self.local_v4.insert(&key_v4(n), LOCAL_PREFIX_PRESENT, 0),
                 IpNet::V6(n) => self.local_v6.insert(&key_v6(n), LOCAL_PREFIX_PRESENT, 0),
             }
-            .map_err(|source| map_error(net, source))?;
+            .map_err(|source| local_error(net, source))?;
             self.local.insert(net);
         }
         for net in remove {
@@ -359,7 +359,7 @@ impl Dataplane {
                 IpNet::V6(n) => self.local_v6.remove(&key_v6(n)),
             }
             .or_else(ignore_not_found)
-            .map_err(|source| map_error(net, source))?;
+            .map_err(|source| local_error(net, source))?;
             self.local.remove(&net);
         }
         Ok(diff)
@@ -445,10 +445,18 @@ fn key_v6(net: ipnet::Ipv6Net) -> Key<Ipv6Key> {
     Key::new(u32::from(net.prefix_len()), net.network().octets())
 }
 
-fn map_error(net: IpNet, source: MapError) -> DataplaneError {
+fn route_error(net: IpNet, source: MapError) -> DataplaneError {
     let name = match net {
         IpNet::V4(_) => map::ROUTES_V4,
         IpNet::V6(_) => map::ROUTES_V6,
+    };
+    DataplaneError::Map { name, source }
+}
+
+fn local_error(net: IpNet, source: MapError) -> DataplaneError {
+    let name = match net {
+        IpNet::V4(_) => map::LOCAL_V4,
+        IpNet::V6(_) => map::LOCAL_V6,
     };
     DataplaneError::Map { name, source }
 }

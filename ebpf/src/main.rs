@@ -1,9 +1,26 @@
-//! meshgate's XDP programs. Each `#[xdp]` entry point is a thin wrapper around a
-//! `try_*` function whose every error maps to an explicit verdict.
+//! meshgate's XDP programs.
+//!
+//! * `xdp_gateway` (gateway.rs): the LAN-side dataplane — classify, tunnel, hairpin,
+//!   fence, anti-spoof, MSS clamp, count.
+//! * `xdp_count` (probe.rs) and `xdp_pass` (baseline.rs): probes and benchmark baselines.
+//!
+//! Layers, bottom up: `ptr` (the one bounds-checked accessor), `parse/*` (headers),
+//! `checksum`, `maps`, `classify` (decisions, read-only), `verdict` (rewrites and the
+//! verdict → XDP action table), `stats`.
 #![no_std]
 #![no_main]
 
+mod baseline;
+mod checksum;
+mod classify;
+mod error;
+mod gateway;
+mod maps;
+mod parse;
 mod probe;
+mod ptr;
+mod stats;
+mod verdict;
 
 #[cfg(not(test))]
 #[panic_handler]

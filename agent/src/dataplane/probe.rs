@@ -1,5 +1,4 @@
-//! The XDP dataplane: the embedded eBPF object and the one typed handle through which user
-//! space loads programs and touches their maps.
+//! The `xdp_count` probe: a program that loads, passes everything and counts.
 
 use aya::{
     Ebpf,
@@ -8,44 +7,7 @@ use aya::{
 };
 use meshgate_common::{PROBE_BYTES, PROBE_PACKETS, map, program};
 
-/// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("MESHGATE_EBPF_OBJECT_PATH"));
-
-/// Errors of the dataplane handle.
-#[derive(Debug, thiserror::Error)]
-pub enum DataplaneError {
-    /// The eBPF object could not be parsed or its maps could not be created.
-    #[error("failed to load the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
-    /// A program is missing from the object or the verifier refused it (its log follows).
-    #[error("failed to load XDP program `{name}`: {source}")]
-    Program {
-        /// The program's name in the object.
-        name: &'static str,
-        /// What aya reported, including the verifier log.
-        source: aya::programs::ProgramError,
-    },
-    /// Attaching to the interface failed (unknown interface, or the mode is unsupported).
-    #[error("failed to attach XDP program `{name}` to {iface} in {mode:?} mode: {source}")]
-    Attach {
-        /// The program's name in the object.
-        name: &'static str,
-        /// The interface.
-        iface: String,
-        /// The requested mode.
-        mode: XdpMode,
-        /// What aya reported.
-        source: aya::programs::ProgramError,
-    },
-    /// A map is missing or has an unexpected type.
-    #[error("eBPF map `{name}`: {source}")]
-    Map {
-        /// The map's name in the object.
-        name: &'static str,
-        /// What aya reported.
-        source: aya::maps::MapError,
-    },
-}
+use super::{DataplaneError, EBPF_OBJECT};
 
 /// Packet and byte totals of the probe program, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,14 +30,7 @@ impl Probe {
     pub fn attach(iface: &str, mode: XdpMode) -> Result<Self, DataplaneError> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
         let name = program::XDP_COUNT;
-        let prog: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::Program {
-                name,
-                source: aya::programs::ProgramError::InvalidName { name: name.into() },
-            })?
-            .try_into()
-            .map_err(|source| DataplaneError::Program { name, source })?;
+        let prog = xdp_program(&mut ebpf, name)?;
         prog.load()
             .map_err(|source| DataplaneError::Program { name, source })?;
         let link = prog
@@ -96,16 +51,8 @@ impl Probe {
     pub fn detach(&mut self) -> Result<(), DataplaneError> {
         let name = program::XDP_COUNT;
         if let Some(link) = self.link.take() {
-            let prog: &mut Xdp = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::Program {
-                    name,
-                    source: aya::programs::ProgramError::InvalidName { name: name.into() },
-                })?
-                .try_into()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-            prog.detach(link)
+            xdp_program(&mut self.ebpf, name)?
+                .detach(link)
                 .map_err(|source| DataplaneError::Program { name, source })?;
         }
         Ok(())
@@ -131,4 +78,18 @@ impl Probe {
             bytes: sum(PROBE_BYTES)?,
         })
     }
+}
+
+/// The XDP program `name` of a loaded object.
+pub(super) fn xdp_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut Xdp, DataplaneError> {
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::Program {
+            name,
+            source: aya::programs::ProgramError::InvalidName { name: name.into() },
+        })?
+        .try_into()
+        .map_err(|source| DataplaneError::Program { name, source })
 }

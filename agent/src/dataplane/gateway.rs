@@ -1,0 +1,482 @@
+//! [`Dataplane`]: the typed handle over the gateway program and its maps. Nothing else
+//! in the agent names a map.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::fd::AsFd,
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    programs::{XdpMode, xdp::XdpLinkId},
+};
+use ipnet::IpNet;
+use meshgate_common::{
+    CONFIG_INDEX, Config, Counter, Ipv4Key, Ipv6Key, LOCAL_PREFIX_PRESENT, MAX_LOCAL_PREFIXES,
+    MAX_ROUTE_IDS, MAX_ROUTES, Role, RouteEntry, TunnelMode, Verdict, map, program,
+};
+
+use super::{
+    DataplaneError, EBPF_OBJECT, iface,
+    probe::xdp_program,
+    routes::{self, RouteDiff},
+    test_run::{self, TestRunOutput},
+};
+
+/// IPv4 header + TCP header without options: MSS = MTU − 40 (RFC 9293 §3.7.1).
+const TCP_IPV4_OVERHEAD: u32 = 40;
+/// IPv6 header + TCP header without options: MSS = MTU − 60.
+const TCP_IPV6_OVERHEAD: u32 = 60;
+
+/// The programs of the object that [`Dataplane::test_run`] can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    /// `xdp_gateway`, the dataplane.
+    Gateway,
+    /// `xdp_pass`, the zero-work baseline.
+    Pass,
+    /// `xdp_count`, the counting probe.
+    Count,
+}
+
+impl Program {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Gateway => program::XDP_GATEWAY,
+            Self::Pass => program::XDP_PASS,
+            Self::Count => program::XDP_COUNT,
+        }
+    }
+}
+
+/// Counter totals summed over CPUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters {
+    /// Indexed by `Verdict as usize`; see [`Counters::verdict`].
+    pub verdicts: [Counter; Verdict::COUNT as usize],
+    /// By route id, for the route ids currently installed.
+    pub routes: BTreeMap<u32, Counter>,
+}
+
+impl Counters {
+    /// The totals of one verdict.
+    pub fn verdict(&self, verdict: Verdict) -> Counter {
+        self.verdicts[verdict as usize]
+    }
+}
+
+struct Attachment {
+    iface: String,
+    mode: XdpMode,
+    link: XdpLinkId,
+}
+
+/// The loaded gateway program and its maps.
+///
+/// Dropping the handle detaches the program (aya detaches the links it owns) and frees
+/// the maps. The configuration starts as `Fenced`, epoch 0, kernel-route mode, no
+/// routes: attaching before configuring forwards nothing toward the mesh.
+///
+/// Each setter writes the whole [`Config`] entry. The kernel copies an array value
+/// without a lock, so a packet racing the write may see a mix of old and new fields;
+/// that affects at most the packets in flight during the write.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    routes_v4: LpmTrie<MapData, Ipv4Key, RouteEntry>,
+    routes_v6: LpmTrie<MapData, Ipv6Key, RouteEntry>,
+    local_v4: LpmTrie<MapData, Ipv4Key, u32>,
+    local_v6: LpmTrie<MapData, Ipv6Key, u32>,
+    config_map: Array<MapData, Config>,
+    route_stats: PerCpuArray<MapData, Counter>,
+    verdict_stats: PerCpuArray<MapData, Counter>,
+    config: Config,
+    routes: BTreeMap<IpNet, u32>,
+    local: BTreeSet<IpNet>,
+    attachment: Option<Attachment>,
+}
+
+impl Dataplane {
+    /// Loads the embedded object, creates its maps and loads `xdp_gateway` into the
+    /// kernel. A verifier refusal comes back as [`DataplaneError::Program`] with the
+    /// verifier's log in its message.
+    pub fn load() -> Result<Self, DataplaneError> {
+        Self::load_from(EBPF_OBJECT)
+    }
+
+    /// Like [`Dataplane::load`], from another object (tests, development builds).
+    pub fn load_from(object: &[u8]) -> Result<Self, DataplaneError> {
+        let mut ebpf = Ebpf::load(object)?;
+        let name = program::XDP_GATEWAY;
+        xdp_program(&mut ebpf, name)?
+            .load()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        let mut dataplane = Self {
+            routes_v4: take_map(&mut ebpf, map::ROUTES_V4)?,
+            routes_v6: take_map(&mut ebpf, map::ROUTES_V6)?,
+            local_v4: take_map(&mut ebpf, map::LOCAL_V4)?,
+            local_v6: take_map(&mut ebpf, map::LOCAL_V6)?,
+            config_map: take_map(&mut ebpf, map::CONFIG)?,
+            route_stats: take_map(&mut ebpf, map::ROUTE_STATS)?,
+            verdict_stats: take_map(&mut ebpf, map::VERDICT_STATS)?,
+            ebpf,
+            config: Config::default(),
+            routes: BTreeMap::new(),
+            local: BTreeSet::new(),
+            attachment: None,
+        };
+        dataplane.write_config()?;
+        Ok(dataplane)
+    }
+
+    /// Attaches `xdp_gateway` to `iface` (in the calling thread's network namespace) in
+    /// `mode`, replacing an earlier attachment of this handle. Unless set before, the
+    /// hairpin's source MAC becomes the interface's MAC.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        self.detach()?;
+        let name = program::XDP_GATEWAY;
+        let link = xdp_program(&mut self.ebpf, name)?
+            .attach(iface, mode)
+            .map_err(|source| DataplaneError::Attach {
+                name,
+                iface: iface.into(),
+                mode,
+                source,
+            })?;
+        self.attachment = Some(Attachment {
+            iface: iface.into(),
+            mode,
+            link,
+        });
+        if self.config.own_mac == [0; 6] {
+            let mac = iface::mac(iface).map_err(|source| DataplaneError::Interface {
+                iface: iface.into(),
+                source,
+            })?;
+            self.set_own_mac(mac)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches in native (driver) mode, or in skb (generic) mode where the driver has
+    /// no XDP support. Returns the mode that worked.
+    pub fn attach_auto(&mut self, iface: &str) -> Result<XdpMode, DataplaneError> {
+        let native = match self.attach(iface, XdpMode::Driver) {
+            Ok(()) => return Ok(XdpMode::Driver),
+            Err(DataplaneError::Attach { source, .. }) => source,
+            Err(other) => return Err(other),
+        };
+        match self.attach(iface, XdpMode::Skb) {
+            Ok(()) => Ok(XdpMode::Skb),
+            Err(DataplaneError::Attach { source: skb, .. }) => Err(DataplaneError::AttachAuto {
+                name: program::XDP_GATEWAY,
+                iface: iface.into(),
+                native: Box::new(native),
+                skb: Box::new(skb),
+            }),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Detaches the program if attached. Maps and configuration are kept.
+    pub fn detach(&mut self) -> Result<(), DataplaneError> {
+        let name = program::XDP_GATEWAY;
+        if let Some(attachment) = self.attachment.take() {
+            xdp_program(&mut self.ebpf, name)?
+                .detach(attachment.link)
+                .map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        Ok(())
+    }
+
+    /// The interface and mode the program is attached with, if any.
+    pub fn attached(&self) -> Option<(&str, XdpMode)> {
+        self.attachment.as_ref().map(|a| (a.iface.as_str(), a.mode))
+    }
+
+    /// The configuration as last written.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Sets the role granted under `epoch`. Also raises the newest epoch seen, so a
+    /// later [`Dataplane::observe_epoch`] with a higher epoch makes this role stale.
+    pub fn set_role(&mut self, role: Role, epoch: u64) -> Result<(), DataplaneError> {
+        self.config.role = role as u32;
+        self.config.epoch = epoch;
+        self.config.newest_epoch = self.config.newest_epoch.max(epoch);
+        self.write_config()
+    }
+
+    /// Records that `epoch` exists for this node (e.g. another replica was promoted).
+    /// If it is newer than the role's epoch, the dataplane drops mesh-bound traffic
+    /// (`drop_stale_epoch`) until [`Dataplane::set_role`] brings a current epoch.
+    /// Epochs only grow: a lower value is ignored.
+    pub fn observe_epoch(&mut self, epoch: u64) -> Result<(), DataplaneError> {
+        self.config.newest_epoch = self.config.newest_epoch.max(epoch);
+        self.write_config()
+    }
+
+    /// Makes the dataplane stop forwarding `remaining` from now (lease self-fencing,
+    /// enforced in the kernel even if the agent hangs); `None` removes the deadline.
+    pub fn set_lease_deadline(
+        &mut self,
+        remaining: Option<Duration>,
+    ) -> Result<(), DataplaneError> {
+        self.config.lease_deadline_ns = match remaining {
+            None => 0,
+            // `max(1)`: 0 means "no deadline".
+            Some(d) => boottime_ns()
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                .max(1),
+        };
+        self.write_config()
+    }
+
+    /// The active replica's LAN MAC, where a standby bounces mesh-bound packets.
+    pub fn set_active_mac(&mut self, mac: [u8; 6]) -> Result<(), DataplaneError> {
+        self.config.active_mac = mac;
+        self.write_config()
+    }
+
+    /// This replica's LAN MAC, the source of hairpinned frames (set by `attach`).
+    pub fn set_own_mac(&mut self, mac: [u8; 6]) -> Result<(), DataplaneError> {
+        self.config.own_mac = mac;
+        self.write_config()
+    }
+
+    /// The TUN device (for redirect mode) and the largest IP packet the tunnel carries,
+    /// from which the TCP MSS clamp follows.
+    pub fn set_tunnel(&mut self, ifindex: u32, mtu: u32) -> Result<(), DataplaneError> {
+        if !(576..=65_535).contains(&mtu) {
+            return Err(DataplaneError::InvalidMtu(mtu));
+        }
+        self.config.tunnel_ifindex = ifindex;
+        self.config.tunnel_mtu = mtu;
+        // Both fit: mtu ≤ 65535 and ≥ 576 > 60.
+        self.config.mss_v4 = (mtu - TCP_IPV4_OVERHEAD) as u16;
+        self.config.mss_v6 = (mtu - TCP_IPV6_OVERHEAD) as u16;
+        self.write_config()
+    }
+
+    /// Like [`Dataplane::set_tunnel`], looking the TUN device up by name.
+    pub fn set_tunnel_by_name(&mut self, tun: &str, mtu: u32) -> Result<(), DataplaneError> {
+        let ifindex = iface::index(tun).map_err(|source| DataplaneError::Interface {
+            iface: tun.into(),
+            source,
+        })?;
+        self.set_tunnel(ifindex, mtu)
+    }
+
+    /// How the active hands packets to the tunnel (see `ebpf/README.md`).
+    pub fn set_tunnel_mode(&mut self, mode: TunnelMode) -> Result<(), DataplaneError> {
+        self.config.tunnel_mode = mode as u32;
+        self.write_config()
+    }
+
+    /// Makes the mesh-bound destinations exactly `routes` (prefix → route id), touching
+    /// only entries that differ from the last call. New entries are written before old
+    /// ones are removed. On error, the maps hold a prefix of the operations and the
+    /// handle remembers exactly what was applied, so the next call repairs the rest.
+    pub fn replace_routes(&mut self, routes: &[(IpNet, u32)]) -> Result<RouteDiff, DataplaneError> {
+        let desired = routes::desired_routes(routes)?;
+        for (&net, &route_id) in &desired {
+            if route_id >= MAX_ROUTE_IDS {
+                return Err(DataplaneError::RouteIdOutOfRange {
+                    net,
+                    route_id,
+                    max: MAX_ROUTE_IDS,
+                });
+            }
+        }
+        let v4 = desired.keys().filter(|n| matches!(n, IpNet::V4(_))).count();
+        let v6 = desired.len() - v4;
+        if v4.max(v6) > MAX_ROUTES as usize {
+            return Err(DataplaneError::TooMany {
+                what: "routes",
+                count: v4.max(v6),
+                max: MAX_ROUTES,
+            });
+        }
+        let plan = routes::plan_routes(&self.routes, &desired);
+        for (net, route_id) in plan.upserts {
+            let entry = RouteEntry { route_id };
+            match net {
+                IpNet::V4(n) => self.routes_v4.insert(&key_v4(n), entry, 0),
+                IpNet::V6(n) => self.routes_v6.insert(&key_v6(n), entry, 0),
+            }
+            .map_err(|source| route_error(net, source))?;
+            self.routes.insert(net, route_id);
+        }
+        for net in plan.removals {
+            match net {
+                IpNet::V4(n) => self.routes_v4.remove(&key_v4(n)),
+                IpNet::V6(n) => self.routes_v6.remove(&key_v6(n)),
+            }
+            .or_else(ignore_not_found)
+            .map_err(|source| route_error(net, source))?;
+            self.routes.remove(&net);
+        }
+        Ok(plan.diff)
+    }
+
+    /// The routes as installed.
+    pub fn routes(&self) -> &BTreeMap<IpNet, u32> {
+        &self.routes
+    }
+
+    /// Makes the allowed sources of mesh-bound packets exactly `prefixes` (the node's
+    /// advertised subnets), diff-based like [`Dataplane::replace_routes`].
+    pub fn set_local_prefixes(&mut self, prefixes: &[IpNet]) -> Result<RouteDiff, DataplaneError> {
+        let desired: BTreeSet<IpNet> = prefixes.iter().map(IpNet::trunc).collect();
+        let v4 = desired.iter().filter(|n| matches!(n, IpNet::V4(_))).count();
+        let v6 = desired.len() - v4;
+        if v4.max(v6) > MAX_LOCAL_PREFIXES as usize {
+            return Err(DataplaneError::TooMany {
+                what: "local prefixes",
+                count: v4.max(v6),
+                max: MAX_LOCAL_PREFIXES,
+            });
+        }
+        let (add, remove) = routes::plan_set(&self.local, &desired);
+        let diff = RouteDiff {
+            added: add.len(),
+            changed: 0,
+            removed: remove.len(),
+        };
+        for net in add {
+            match net {
+                IpNet::V4(n) => self.local_v4.insert(&key_v4(n), LOCAL_PREFIX_PRESENT, 0),
+                IpNet::V6(n) => self.local_v6.insert(&key_v6(n), LOCAL_PREFIX_PRESENT, 0),
+            }
+            .map_err(|source| local_error(net, source))?;
+            self.local.insert(net);
+        }
+        for net in remove {
+            match net {
+                IpNet::V4(n) => self.local_v4.remove(&key_v4(n)),
+                IpNet::V6(n) => self.local_v6.remove(&key_v6(n)),
+            }
+            .or_else(ignore_not_found)
+            .map_err(|source| local_error(net, source))?;
+            self.local.remove(&net);
+        }
+        Ok(diff)
+    }
+
+    /// Per-verdict totals, and per-route totals for the installed route ids, summed
+    /// over CPUs. Counters only grow; a reused route id continues its predecessor's.
+    pub fn counters(&self) -> Result<Counters, DataplaneError> {
+        let mut verdicts = [Counter::default(); Verdict::COUNT as usize];
+        for verdict in Verdict::ALL {
+            verdicts[verdict as usize] =
+                sum_counter(&self.verdict_stats, map::VERDICT_STATS, verdict as u32)?;
+        }
+        let ids: BTreeSet<u32> = self.routes.values().copied().collect();
+        let mut routes = BTreeMap::new();
+        for id in ids {
+            routes.insert(id, sum_counter(&self.route_stats, map::ROUTE_STATS, id)?);
+        }
+        Ok(Counters { verdicts, routes })
+    }
+
+    /// Runs `program` on `frame` with `BPF_PROG_TEST_RUN`, `repeat` times (for
+    /// benchmarks), against the live maps. Loads the baseline programs on first use.
+    pub fn test_run(
+        &mut self,
+        program: Program,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutput, DataplaneError> {
+        let name = program.name();
+        let prog = xdp_program(&mut self.ebpf, name)?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        let fd = prog
+            .fd()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        test_run::run(fd.as_fd(), frame, repeat)
+            .map_err(|source| DataplaneError::TestRun { name, source })
+    }
+
+    fn write_config(&mut self) -> Result<(), DataplaneError> {
+        self.config_map
+            .set(CONFIG_INDEX, self.config, 0)
+            .map_err(|source| DataplaneError::Map {
+                name: map::CONFIG,
+                source,
+            })
+    }
+}
+
+fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, DataplaneError>
+where
+    M: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DataplaneError::Map {
+        name,
+        source: MapError::InvalidName { name: name.into() },
+    })?;
+    M::try_from(map).map_err(|source| DataplaneError::Map { name, source })
+}
+
+fn sum_counter(
+    array: &PerCpuArray<MapData, Counter>,
+    name: &'static str,
+    index: u32,
+) -> Result<Counter, DataplaneError> {
+    let values = array
+        .get(&index, 0)
+        .map_err(|source| DataplaneError::Map { name, source })?;
+    Ok(values.iter().fold(Counter::default(), |acc, c| Counter {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    }))
+}
+
+fn key_v4(net: ipnet::Ipv4Net) -> Key<Ipv4Key> {
+    Key::new(u32::from(net.prefix_len()), net.network().octets())
+}
+
+fn key_v6(net: ipnet::Ipv6Net) -> Key<Ipv6Key> {
+    Key::new(u32::from(net.prefix_len()), net.network().octets())
+}
+
+fn route_error(net: IpNet, source: MapError) -> DataplaneError {
+    let name = match net {
+        IpNet::V4(_) => map::ROUTES_V4,
+        IpNet::V6(_) => map::ROUTES_V6,
+    };
+    DataplaneError::Map { name, source }
+}
+
+fn local_error(net: IpNet, source: MapError) -> DataplaneError {
+    let name = match net {
+        IpNet::V4(_) => map::LOCAL_V4,
+        IpNet::V6(_) => map::LOCAL_V6,
+    };
+    DataplaneError::Map { name, source }
+}
+
+/// Deleting what is already gone is success (reconciliation).
+fn ignore_not_found(error: MapError) -> Result<(), MapError> {
+    match &error {
+        MapError::KeyNotFound => Ok(()),
+        MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        _ => Err(error),
+    }
+}
+
+/// `CLOCK_BOOTTIME` in nanoseconds, the clock of `bpf_ktime_get_boot_ns`.
+fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_BOOTTIME always exists on Linux ≥ 2.6.39.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}

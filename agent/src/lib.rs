@@ -2,3 +2,8 @@
 //! namespace tests drive them directly.
 
 pub mod dataplane;
+pub mod garp;
+pub mod link_watch;
+pub mod netlink;
+pub mod sysctl;
+pub mod tun;

@@ -4,5 +4,10 @@
 pub mod config;
 pub mod dataplane;
 pub mod failover;
+pub mod garp;
+pub mod link_watch;
+pub mod netlink;
 pub mod state_dir;
 pub mod status;
+pub mod sysctl;
+pub mod tun;

@@ -7,6 +7,7 @@ pub mod failover;
 pub mod garp;
 pub mod link_watch;
 pub mod netlink;
+pub mod runtime;
 pub mod state_dir;
 pub mod status;
 pub mod sysctl;

@@ -1,5 +1,65 @@
-//! `meshgate-agent`: placeholder CLI until the agent issue lands.
+//! `meshgate-agent`: a node replica or a client device, as its token says.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("meshgate-agent is not implemented yet")
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use meshgate_agent::{config::RunArgs, runtime, state_dir, status};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "meshgate-agent", version, about = "meshgate agent: a gateway node replica or a client device")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join the mesh with a token and stay connected (a systemd service runs this).
+    Run(RunArgs),
+    /// Show the running agent's role, epoch, Mesh IP, coordinator, routes and counters.
+    Status {
+        /// Print JSON for scripts instead of the human report.
+        #[arg(long)]
+        json: bool,
+        /// The running agent's state dir (its status socket lives there).
+        #[arg(long, env = "MESHGATE_STATE_DIR", default_value = "/var/lib/meshgate")]
+        state_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("MESHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meshgate-agent: failed to start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Run(args) => runtime::run(args).await,
+            Command::Status { json, state_dir } => {
+                let report = status::query(&state_dir::status_socket(&state_dir)).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", status::human(&report));
+                }
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshgate-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -11,6 +11,9 @@
 //! [`require_root`] at their start so that running them by hand without root fails with
 //! the reason instead of an obscure error.
 
+pub mod ha;
+pub mod http;
+pub mod lab;
 mod netns;
 mod process;
 mod wait;

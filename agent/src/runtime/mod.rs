@@ -1,0 +1,353 @@
+//! The agent's tokio layer: connects to the coordinator (and reconnects), feeds what it
+//! hears to the failover core, applies the core's steps to the kernel through
+//! [`plumbing`], pumps packets, answers `status`, and drains on SIGTERM.
+
+mod backoff;
+pub mod plumbing;
+mod pump;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use ipnet::Ipv4Net;
+use meshgate_proto::{
+    CoordMsg, Kind, RefuseCode, Role, Token,
+    client::{ClientError, ConnectOptions, Session, Status},
+};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::{
+    config::RunArgs,
+    failover::{Action, Event, Failover, Forwarding, Mode},
+    state_dir,
+    status::{self, StatusReport},
+};
+use backoff::Backoff;
+use plumbing::Plumbing;
+use pump::PumpCounters;
+
+/// Runs the agent until SIGTERM/SIGINT (after a drain) or a fatal error; removes what it
+/// added to the kernel on every exit path.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let token = args.token()?;
+    let mode = match token.kind {
+        Kind::Node => Mode::Node,
+        Kind::Device => Mode::Device,
+    };
+    let replica_id = state_dir::replica_id(&args.state_dir)?;
+    let mut plumbing = Plumbing::setup(&args, mode, &token).await?;
+    let result = Agent::new(&args, token, mode, replica_id, &plumbing).supervise(&mut plumbing).await;
+    plumbing.cleanup().await;
+    result
+}
+
+/// How a session ended.
+enum Outcome {
+    /// Shut down on purpose (drained, or a signal while not active).
+    Shutdown,
+    /// The connection was lost; reconnect.
+    Lost(String),
+}
+
+struct Agent {
+    token: Token,
+    mode: Mode,
+    replica_id: String,
+    drain_timeout: Duration,
+    core: Failover,
+    report: Arc<Mutex<StatusReport>>,
+    counters: Arc<PumpCounters>,
+    conn: Arc<Mutex<Option<quinn::Connection>>>,
+    shutdown: tokio::sync::mpsc::UnboundedReceiver<()>,
+    drain_deadline: Option<tokio::time::Instant>,
+    status_socket: std::path::PathBuf,
+    local_prefixes: Vec<Ipv4Net>,
+}
+
+impl Agent {
+    fn new(args: &RunArgs, token: Token, mode: Mode, replica_id: String, plumbing: &Plumbing) -> Self {
+        let report = StatusReport {
+            kind: if mode == Mode::Node { "node" } else { "device" }.into(),
+            replica_id: replica_id.clone(),
+            role: "unknown".into(),
+            forwarding: "fenced".into(),
+            lan_iface: args.lan_iface.clone(),
+            gateway_ip: args.gateway_ip.map(|v| v.to_string()),
+            tun: args.tun.clone(),
+            connection: status::Connection {
+                state: "connecting".into(),
+                coordinator: token.addrs.first().cloned(),
+                ..Default::default()
+            },
+            ..plumbing.report()
+        };
+        Self {
+            token,
+            mode,
+            replica_id,
+            drain_timeout: Duration::from_millis(args.drain_timeout_ms),
+            core: Failover::new(mode),
+            report: Arc::new(Mutex::new(report)),
+            counters: Arc::default(),
+            conn: Arc::default(),
+            shutdown: shutdown_signals(),
+            drain_deadline: None,
+            status_socket: state_dir::status_socket(&args.state_dir),
+            local_prefixes: Vec::new(),
+        }
+    }
+
+    async fn supervise(&mut self, plumbing: &mut Plumbing) -> anyhow::Result<()> {
+        let _status = status::serve(self.status_socket.clone(), self.status_source(plumbing)).await?;
+        let initial = self.core.initial_actions();
+        plumbing.apply(&initial, 0).await?;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut attempt = 0u64;
+        loop {
+            attempt += 1;
+            self.set_connection("connecting", None);
+            let mut opts = ConnectOptions::new(self.replica_id.clone());
+            opts.lan = plumbing.lan_info();
+            let connected = tokio::select! {
+                r = Session::connect(&self.token, opts) => r,
+                _ = self.shutdown.recv() => return Ok(()),
+            };
+            match connected {
+                Ok(session) => {
+                    backoff.reset();
+                    attempt = 0;
+                    match self.drive(session, plumbing).await? {
+                        Outcome::Shutdown => return Ok(()),
+                        Outcome::Lost(why) => {
+                            warn!(reason = %why, "lost the coordinator; reconnecting");
+                            self.set_connection("disconnected", Some(why));
+                            self.feed(plumbing, None, Event::Disconnected).await?;
+                        }
+                    }
+                }
+                Err(ClientError::Refused { code, reason }) if is_fatal(code) => {
+                    bail!("the coordinator refused this agent: {reason} (code {})", code.0)
+                }
+                Err(e) => {
+                    warn!(attempt, error = %e, "cannot reach the coordinator; retrying");
+                    self.set_connection("disconnected", Some(e.to_string()));
+                }
+            }
+            // Wait before the next attempt, fencing on time if a lease runs out meanwhile.
+            let wake = tokio::time::Instant::now() + backoff.next_delay();
+            loop {
+                let deadline = self.core.next_deadline().map(tokio::time::Instant::from_std);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => break,
+                    _ = sleep_until_opt(deadline) => { self.feed(plumbing, None, Event::Tick).await?; }
+                    _ = self.shutdown.recv() => return Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Runs one session until it ends.
+    async fn drive(&mut self, mut session: Session, plumbing: &mut Plumbing) -> anyhow::Result<Outcome> {
+        let welcome = session.welcome().clone();
+        info!(
+            name = %welcome.name, mesh_ip = %welcome.mesh_ip, role = ?welcome.role, epoch = welcome.epoch,
+            "registered with the coordinator"
+        );
+        let mtu = plumbing.configure_tun(welcome.mesh_ip, welcome.mesh_cidr, session.max_packet_size()).await?;
+        {
+            let mut r = lock(&self.report);
+            r.name = Some(welcome.name.clone());
+            r.mesh_ip = Some(welcome.mesh_ip.to_string());
+            r.tun_mtu = mtu;
+            r.connection.sessions += 1;
+        }
+        *lock(&self.conn) = Some(session.connection().clone());
+        self.set_connection("connected", None);
+        let _pump = pump::start(plumbing.tun(), session.connection().clone(), self.counters.clone());
+        let mut status_rx = session.subscribe();
+        let first = status_rx.borrow_and_update().clone();
+        self.feed_status(plumbing, &session, &first, welcome.id).await?;
+        let outcome = loop {
+            let deadline = self.core.next_deadline().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                changed = status_rx.changed() => {
+                    if changed.is_err() {
+                        break Outcome::Lost("session ended".into());
+                    }
+                    let s = status_rx.borrow_and_update().clone();
+                    if let Some(why) = &s.closed {
+                        break Outcome::Lost(why.clone());
+                    }
+                    self.feed_status(plumbing, &session, &s, welcome.id).await?;
+                }
+                event = session.next_event() => match event {
+                    None => break Outcome::Lost(session.status().closed.unwrap_or_else(|| "session ended".into())),
+                    Some(CoordMsg::Refused { code, reason }) if is_fatal(code) => {
+                        bail!("the coordinator ended this agent's session: {reason} (code {})", code.0)
+                    }
+                    Some(CoordMsg::HandoverDone { epoch }) => info!(epoch, "handover done"),
+                    Some(_) => {}
+                },
+                _ = sleep_until_opt(deadline) => self.feed(plumbing, Some(&session), Event::Tick).await?,
+                up = plumbing.link_event() => self.feed(plumbing, Some(&session), Event::Link { up }).await?,
+                _ = self.shutdown.recv() => {
+                    info!("shutting down: asking for handover first if active");
+                    self.drain_deadline = Some(tokio::time::Instant::now() + self.drain_timeout);
+                    self.feed(plumbing, Some(&session), Event::Drain).await?;
+                }
+                _ = sleep_until_opt(self.drain_deadline) => {
+                    warn!(timeout_ms = self.drain_timeout.as_millis() as u64, "no standby took over in time; leaving anyway");
+                    break Outcome::Shutdown;
+                }
+            }
+            if self.core.draining() && !matches!(self.core.forwarding(), Forwarding::Active { .. }) {
+                break Outcome::Shutdown;
+            }
+        };
+        *lock(&self.conn) = None;
+        if matches!(outcome, Outcome::Shutdown) {
+            session.goodbye().await;
+        }
+        Ok(outcome)
+    }
+
+    /// Feeds a session status (role, epoch, lease, active peer, routes) to the core.
+    async fn feed_status(
+        &mut self,
+        plumbing: &mut Plumbing,
+        session: &Session,
+        s: &Status,
+        own_id: meshgate_proto::Id,
+    ) -> anyhow::Result<()> {
+        let (own, routes): (Vec<_>, Vec<_>) = s.routes.entries.iter().partition(|e| e.node == Some(own_id));
+        let own: Vec<Ipv4Net> = own.iter().map(|e| e.network).collect();
+        if own != self.local_prefixes {
+            plumbing.set_local_prefixes(&own)?;
+            self.local_prefixes = own;
+        }
+        let routes = routes.iter().map(|e| e.network).collect();
+        self.feed(plumbing, Some(session), Event::Routes(routes)).await?;
+        plumbing.set_lease_deadline(s.lease_deadline.filter(|_| s.role == Role::Active));
+        let event =
+            Event::Status { role: s.role, epoch: s.epoch, active: s.active, lease_deadline: s.lease_deadline };
+        self.feed(plumbing, Some(session), event).await
+    }
+
+    /// Feeds one event to the core and applies its steps.
+    async fn feed(&mut self, plumbing: &mut Plumbing, session: Option<&Session>, event: Event) -> anyhow::Result<()> {
+        let actions = self.core.handle(Instant::now(), event);
+        for action in &actions {
+            if let Action::RequestHandover(reason) = action {
+                info!(?reason, "asking the coordinator for handover");
+                if let Some(session) = session {
+                    session.request_handover(*reason);
+                }
+            }
+        }
+        let forwarding = self.core.forwarding();
+        let flip = plumbing.apply(&actions, forwarding.epoch()).await?;
+        let mut r = lock(&self.report);
+        r.role = role_name(self.core.role()).into();
+        r.forwarding = role_name(forwarding.role()).into();
+        r.epoch = forwarding.epoch();
+        r.active_peer = match forwarding {
+            Forwarding::Standby { active, .. } => active.map(|a| a.ip.to_string()),
+            _ => None,
+        };
+        r.routes = plumbing.routes().iter().map(ToString::to_string).collect();
+        r.holds_vip = plumbing.holds_vip();
+        if flip.is_some() {
+            r.last_flip = flip;
+        }
+        Ok(())
+    }
+
+    fn set_connection(&self, state: &str, error: Option<String>) {
+        let mut r = lock(&self.report);
+        r.connection.state = state.into();
+        if error.is_some() || state == "connected" {
+            r.connection.last_error = error;
+        }
+    }
+
+    /// The closure `status` calls: the stored report plus live lease, RTT and counters.
+    fn status_source(&self, plumbing: &Plumbing) -> Arc<dyn Fn() -> StatusReport + Send + Sync> {
+        let (report, counters, conn) = (self.report.clone(), self.counters.clone(), self.conn.clone());
+        let xdp = plumbing.counter_source();
+        let lease = plumbing.lease_source();
+        let mode = self.mode;
+        Arc::new(move || {
+            let mut r = lock(&report).clone();
+            r.lease_remaining_ms = lease()
+                .filter(|_| r.forwarding == "active" && mode == Mode::Node)
+                .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64);
+            r.connection.rtt_ms = lock(&conn).as_ref().map(|c| c.rtt().as_secs_f64() * 1000.0);
+            r.counters.tun_to_mesh = counters.tun_to_mesh.load(std::sync::atomic::Ordering::Relaxed);
+            r.counters.mesh_to_tun = counters.mesh_to_tun.load(std::sync::atomic::Ordering::Relaxed);
+            r.counters.dropped = counters.dropped();
+            if let Some((verdicts, routes)) = xdp() {
+                r.counters.xdp_verdicts = verdicts;
+                r.counters.xdp_routes = routes;
+            }
+            r
+        })
+    }
+}
+
+/// Refusals that retrying cannot fix: the token itself is the problem.
+fn is_fatal(code: RefuseCode) -> bool {
+    [
+        RefuseCode::MALFORMED_TOKEN,
+        RefuseCode::UNKNOWN_TOKEN,
+        RefuseCode::REVOKED_TOKEN,
+        RefuseCode::VERSION_MISMATCH,
+        RefuseCode::BAD_REPLICA_ID,
+        RefuseCode::DELETED,
+    ]
+    .contains(&code)
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Active => "active",
+        Role::Standby => "standby",
+        Role::Fenced => "fenced",
+    }
+}
+
+/// SIGTERM and SIGINT, as a channel: each signal is one message.
+fn shutdown_signals() -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for kind in [SignalKind::terminate(), SignalKind::interrupt()] {
+        let tx = tx.clone();
+        match signal(kind) {
+            Ok(mut sig) => {
+                tokio::spawn(async move {
+                    while sig.recv().await.is_some() {
+                        if tx.send(()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => warn!(error = %e, "cannot listen for a shutdown signal"),
+        }
+    }
+    rx
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The report is plain data: a panic elsewhere leaves it usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

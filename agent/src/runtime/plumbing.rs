@@ -1,0 +1,438 @@
+//! Everything the agent changes in the kernel, behind one owner: the TUN device, the two
+//! prepared routing tables and their selector rule, the VIP, the sysctls and the XDP
+//! program. It applies the failover core's steps in the order given, times each one,
+//! and removes everything on [`Plumbing::cleanup`].
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, bail};
+use aya::programs::XdpMode as AyaXdpMode;
+use ipnet::{IpNet, Ipv4Net};
+use meshgate_common::{Role as XdpRole, Verdict};
+use meshgate_proto::{LanInfo, Role, Token, datagram};
+use tracing::{info, warn};
+
+use crate::{
+    config::{RunArgs, XdpMode},
+    dataplane::Dataplane,
+    failover::{Action, Mode, Table},
+    garp,
+    link_watch::{LinkState, LinkWatch},
+    netlink::{self, DesiredRouting, Netlink, Routing, RoutingConfig, StandbyPath, Table as RtTable},
+    status::{Flip, StatusReport},
+    sysctl::Sysctls,
+    tun::Tun,
+};
+
+/// The node replica's LAN side.
+struct Lan {
+    iface: String,
+    ip: Ipv4Addr,
+    mac: [u8; 6],
+    vip: Option<Ipv4Net>,
+    watch: LinkWatch,
+}
+
+/// Reads the XDP counters for `status`: per verdict and per route.
+pub type CounterSource = Arc<dyn Fn() -> Option<(BTreeMap<String, u64>, BTreeMap<String, u64>)> + Send + Sync>;
+
+/// The agent's kernel state. See the module docs.
+pub struct Plumbing {
+    mode: Mode,
+    nl: Netlink,
+    routing: Routing,
+    desired: DesiredRouting,
+    tun: Arc<Tun>,
+    lan: Option<Lan>,
+    dataplane: Option<Arc<Mutex<Dataplane>>>,
+    xdp_mode: &'static str,
+    route_ids: Arc<Mutex<BTreeMap<IpNet, u32>>>,
+    sysctls: Sysctls,
+    vip_held: bool,
+    lease: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Plumbing {
+    /// Checks the settings against the kernel, creates the TUN, takes over (and corrects)
+    /// whatever a previous run left, and loads XDP on a node's LAN interface. Nothing
+    /// forwards yet: the selector points at the standby table and XDP is fenced.
+    pub async fn setup(args: &RunArgs, mode: Mode, token: &Token) -> anyhow::Result<Self> {
+        let nl = Netlink::connect().context("failed to open netlink")?;
+        let config = RoutingConfig::default();
+        let lan = match mode {
+            Mode::Node => Some(lan_side(&nl, args, config.protocol).await?),
+            Mode::Device => {
+                if args.lan_iface.is_some() || args.gateway_ip.is_some() {
+                    warn!("this is a device token: --lan-iface and --gateway-ip are ignored");
+                }
+                None
+            }
+        };
+        let tun = Tun::create(&args.tun, datagram::SAFE_TUN_MTU as u32)
+            .with_context(|| format!("failed to create the TUN device {} (is /dev/net/tun there?)", args.tun))?;
+        let mut sysctls = Sysctls::new();
+        sysctls.enable_forwarding().context("failed to enable IPv4 forwarding")?;
+        sysctls.loose_rp_filter(tun.name()).context("failed to set rp_filter on the TUN")?;
+        if let Some(lan) = &lan {
+            sysctls.disable_redirects(&lan.iface).context("failed to disable ICMP redirects on the LAN")?;
+        }
+        let desired = DesiredRouting {
+            prefixes: Vec::new(),
+            tun: tun.name().to_owned(),
+            standby: if mode == Mode::Node { StandbyPath::Unreachable } else { StandbyPath::Empty },
+            mesh_ip: None,
+            coordinator: coordinator_ip(token),
+            selected: if mode == Mode::Node { RtTable::Standby } else { RtTable::Active },
+        };
+        let mut routing = Routing::new(nl.clone(), config);
+        let report = routing.reconcile(&desired).await.context("failed to set up the routing tables")?;
+        info!(?report, "routing tables reconciled with what a previous run left");
+        let (dataplane, xdp_mode) = match &lan {
+            Some(lan) => load_xdp(args.xdp_mode, lan, &tun)?,
+            None => (None, "off"),
+        };
+        Ok(Self {
+            mode,
+            nl,
+            routing,
+            desired,
+            tun: Arc::new(tun),
+            lan,
+            dataplane: dataplane.map(|d| Arc::new(Mutex::new(d))),
+            xdp_mode,
+            route_ids: Arc::default(),
+            sysctls,
+            vip_held: false,
+            lease: Arc::default(),
+        })
+    }
+
+    /// The LAN identity a node replica registers with.
+    pub fn lan_info(&self) -> Option<LanInfo> {
+        self.lan.as_ref().map(|l| LanInfo { ip: l.ip, mac: l.mac })
+    }
+
+    /// The TUN device, shared with the packet pump.
+    pub fn tun(&self) -> Arc<Tun> {
+        self.tun.clone()
+    }
+
+    /// The mesh-bound prefixes installed now.
+    pub fn routes(&self) -> Vec<IpNet> {
+        self.desired.prefixes.clone()
+    }
+
+    /// Whether this replica holds the VIP now.
+    pub fn holds_vip(&self) -> bool {
+        self.vip_held
+    }
+
+    /// The static part of the status report.
+    pub fn report(&self) -> StatusReport {
+        StatusReport { xdp_mode: self.xdp_mode.into(), tun: self.tun.name().into(), ..Default::default() }
+    }
+
+    /// Gives the TUN the Mesh IP and the largest MTU the QUIC path carries; returns the MTU.
+    pub async fn configure_tun(
+        &mut self,
+        mesh_ip: Ipv4Addr,
+        mesh_cidr: Ipv4Net,
+        max_datagram: Option<usize>,
+    ) -> anyhow::Result<u32> {
+        // A datagram holds exactly one IP packet, so the MTU is what fits, never more.
+        let mtu = max_datagram.map_or(datagram::SAFE_TUN_MTU as u32, |m| m.min(datagram::MAX_PACKET) as u32);
+        self.tun.set_mtu(mtu).context("failed to set the TUN MTU")?;
+        // The Mesh IP as a /32: the mesh range itself is routed by our tables, so the
+        // address must not add a connected route to `main` that bypasses them.
+        let address = IpNet::V4(Ipv4Net::new(mesh_ip, 32).expect("32 is a valid prefix length"));
+        self.nl
+            .add_address(self.tun.index(), address, self.routing.config().protocol)
+            .await
+            .context("failed to put the Mesh IP on the TUN")?;
+        if self.desired.mesh_ip != Some(IpAddr::V4(mesh_ip)) {
+            self.desired.mesh_ip = Some(IpAddr::V4(mesh_ip));
+            self.routing.reconcile(&self.desired).await.context("failed to install the own-source rule")?;
+        }
+        let _ = mesh_cidr;
+        if let Some(dp) = &self.dataplane {
+            lock(dp).set_tunnel(self.tun.index(), mtu).context("failed to tell XDP the tunnel MTU")?;
+        }
+        Ok(mtu)
+    }
+
+    /// The node's own advertised prefixes, which XDP accepts as sources (anti-spoofing).
+    pub fn set_local_prefixes(&mut self, prefixes: &[Ipv4Net]) -> anyhow::Result<()> {
+        if let Some(dp) = &self.dataplane {
+            let nets: Vec<IpNet> = prefixes.iter().copied().map(IpNet::V4).collect();
+            lock(dp).set_local_prefixes(&nets).context("failed to write the local prefixes to XDP")?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the kernel-side lease in step with the agent's (XDP stops forwarding at the
+    /// deadline even if this process is frozen).
+    pub fn set_lease_deadline(&mut self, deadline: Option<Instant>) {
+        *lock(&self.lease) = deadline;
+        if let Some(dp) = &self.dataplane {
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if let Err(e) = lock(dp).set_lease_deadline(remaining) {
+                warn!(error = %e, "failed to write the lease deadline to XDP");
+            }
+        }
+    }
+
+    /// Applies the core's steps in order. Returns the flip, when the steps changed the
+    /// role, with each step's duration (also logged).
+    pub async fn apply(&mut self, actions: &[Action], epoch: u64) -> anyhow::Result<Option<Flip>> {
+        if actions.is_empty() {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let mut steps = Vec::with_capacity(actions.len());
+        let mut to = None;
+        for action in actions {
+            let step = Instant::now();
+            let name = self.apply_one(action).await?;
+            if let Action::SetXdpRole { role, .. } = action {
+                to = Some(*role);
+            }
+            if let Some(name) = name {
+                steps.push((name, micros(step.elapsed())));
+            }
+        }
+        let flipped = actions.iter().any(|a| matches!(a, Action::SelectTable(_) | Action::AcquireVip | Action::ReleaseVip));
+        let (Some(to), true) = (to, flipped) else { return Ok(None) };
+        let duration_us = micros(started.elapsed());
+        info!(epoch, to = ?to, duration_us, steps = ?steps, "flip applied");
+        Ok(Some(Flip {
+            to: format!("{to:?}").to_lowercase(),
+            epoch,
+            duration_us,
+            steps,
+            at_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        }))
+    }
+
+    async fn apply_one(&mut self, action: &Action) -> anyhow::Result<Option<String>> {
+        Ok(Some(match action {
+            Action::InstallRoutes(routes) => {
+                self.desired.prefixes = routes.iter().copied().map(IpNet::V4).collect();
+                self.routing.reconcile(&self.desired).await.context("failed to install the mesh routes")?;
+                if let Some(dp) = &self.dataplane {
+                    let ids = self.assign_route_ids();
+                    lock(dp).replace_routes(&ids).context("failed to write the mesh routes to XDP")?;
+                }
+                "routes".into()
+            }
+            Action::SetActivePeer(peer) => {
+                self.desired.standby = match (peer, &self.lan) {
+                    (Some(p), Some(lan)) => StandbyPath::Via { gateway: p.ip, iface: lan.iface.clone() },
+                    _ => StandbyPath::Unreachable,
+                };
+                self.routing.reconcile(&self.desired).await.context("failed to point the standby table at the active")?;
+                if let (Some(dp), Some(p)) = (&self.dataplane, peer) {
+                    lock(dp).set_active_mac(p.mac).context("failed to write the active's MAC to XDP")?;
+                }
+                "standby-peer".into()
+            }
+            Action::SetXdpRole { role, epoch } => {
+                let Some(dp) = &self.dataplane else { return Ok(None) };
+                let xdp_role = match role {
+                    Role::Active => XdpRole::Active,
+                    Role::Standby => XdpRole::Standby,
+                    Role::Fenced => XdpRole::Fenced,
+                };
+                lock(dp).set_role(xdp_role, *epoch).context("failed to set the XDP role")?;
+                "xdp-role".into()
+            }
+            Action::SelectTable(table) => {
+                let to = match table {
+                    Table::Active => RtTable::Active,
+                    Table::Standby => RtTable::Standby,
+                };
+                self.desired.selected = to;
+                self.routing.flip(to).await.context("failed to flip the routing table")?;
+                "route-flip".into()
+            }
+            Action::AcquireVip => {
+                let Some((iface, vip)) = self.vip() else { return Ok(None) };
+                self.nl
+                    .add_vip(&iface, vip, self.routing.config().protocol)
+                    .await
+                    .context("failed to add the VIP")?;
+                self.vip_held = true;
+                // Announce in the background: the frames are spaced over a few hundred ms
+                // and the flip must not wait for them.
+                tokio::spawn(async move {
+                    if let Err(e) = garp::announce(&iface, vip.addr(), garp::GarpConfig::default()).await {
+                        warn!(error = %e, iface = %iface, "gratuitous ARP failed");
+                    }
+                });
+                "vip-acquire".into()
+            }
+            Action::ReleaseVip => {
+                let Some((iface, vip)) = self.vip() else { return Ok(None) };
+                self.nl.remove_vip(&iface, vip).await.context("failed to remove the VIP")?;
+                self.vip_held = false;
+                "vip-release".into()
+            }
+            Action::RequestHandover(_) => return Ok(None),
+        }))
+    }
+
+    fn vip(&self) -> Option<(String, Ipv4Net)> {
+        let lan = self.lan.as_ref()?;
+        Some((lan.iface.clone(), lan.vip?))
+    }
+
+    /// Stable route ids: a prefix keeps its id (and its counters) while it stays.
+    fn assign_route_ids(&self) -> Vec<(IpNet, u32)> {
+        let mut ids = lock(&self.route_ids);
+        ids.retain(|net, _| self.desired.prefixes.contains(net));
+        for net in &self.desired.prefixes {
+            if !ids.contains_key(net) {
+                let next = (0..).find(|id| !ids.values().any(|v| v == id)).expect("ids are finite");
+                ids.insert(*net, next);
+            }
+        }
+        ids.iter().map(|(n, i)| (*n, *i)).collect()
+    }
+
+    /// The next change of the LAN link (up or down); never resolves without a LAN.
+    pub async fn link_event(&mut self) -> bool {
+        let Some(lan) = &mut self.lan else { return std::future::pending().await };
+        match lan.watch.changed().await {
+            Some(state) => state == LinkState::Up,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The XDP counters, named, for `status`.
+    pub fn counter_source(&self) -> CounterSource {
+        let (dp, ids) = (self.dataplane.clone(), self.route_ids.clone());
+        Arc::new(move || {
+            let counters = lock(dp.as_ref()?).counters().ok()?;
+            let verdicts = Verdict::ALL
+                .iter()
+                .map(|v| (v.name().to_owned(), counters.verdict(*v).packets))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            let names: BTreeMap<u32, IpNet> = lock(&ids).iter().map(|(n, i)| (*i, *n)).collect();
+            let routes = counters
+                .routes
+                .iter()
+                .filter_map(|(id, c)| Some((names.get(id)?.to_string(), c.packets)))
+                .collect();
+            Some((verdicts, routes))
+        })
+    }
+
+    /// The lease deadline, for `status`.
+    pub fn lease_source(&self) -> impl Fn() -> Option<Instant> + Send + Sync + 'static {
+        let lease = self.lease.clone();
+        move || *lock(&lease)
+    }
+
+    /// Removes everything the agent added: XDP, the VIP, rules, routes and addresses,
+    /// and the sysctls it changed. The TUN goes when its fd closes. Errors are logged:
+    /// cleanup does as much as it can.
+    pub async fn cleanup(mut self) {
+        if let Some(dp) = self.dataplane.take() {
+            if let Err(e) = lock(&dp).detach() {
+                warn!(error = %e, "failed to detach XDP");
+            }
+        }
+        if self.mode == Mode::Node && self.vip().is_some() {
+            if let Err(e) = self.apply_one(&Action::ReleaseVip).await {
+                warn!(error = %e, "failed to release the VIP");
+            }
+        }
+        match self.routing.cleanup().await {
+            Ok(report) => info!(?report, "removed the agent's routes, rules and addresses"),
+            Err(e) => warn!(error = %e, "failed to remove the agent's routes and rules"),
+        }
+        if let Err(e) = self.sysctls.restore() {
+            warn!(error = %e, "failed to restore sysctls");
+        }
+    }
+}
+
+/// Validates the node's LAN settings against the kernel and reads its address and MAC.
+async fn lan_side(nl: &Netlink, args: &RunArgs, proto: u8) -> anyhow::Result<Lan> {
+    let Some(iface) = args.lan_iface.clone() else {
+        bail!("a node replica needs --lan-iface: the interface facing the advertised subnet")
+    };
+    let index = nl.link_index(&iface).await.map_err(|e| match e {
+        netlink::Error::NoSuchInterface(_) => anyhow::anyhow!("--lan-iface {iface}: no such interface"),
+        other => anyhow::Error::new(other).context(format!("failed to look up {iface}")),
+    })?;
+    let ip = nl
+        .addresses()
+        .await
+        .context("failed to read addresses")?
+        .into_iter()
+        .filter(|a| a.index == index && a.proto != proto)
+        .find_map(|a| match a.net {
+            IpNet::V4(n) if Some(n.addr()) != args.gateway_ip.map(|v| v.addr()) => Some(n.addr()),
+            _ => None,
+        })
+        .with_context(|| format!("--lan-iface {iface} has no IPv4 address of its own: give it one"))?;
+    if let Some(vip) = args.gateway_ip {
+        nl.check_vip(&iface, vip, proto).await.map_err(|e| anyhow::anyhow!("--gateway-ip {vip}: {e}"))?;
+    }
+    let mac = garp::interface_mac(&iface).with_context(|| format!("failed to read the MAC of {iface}"))?;
+    let watch = LinkWatch::new(&iface).await.with_context(|| format!("failed to watch the link of {iface}"))?;
+    Ok(Lan { iface, ip, mac, vip: args.gateway_ip, watch })
+}
+
+/// Loads XDP on the LAN interface per `--xdp-mode`; returns the handle and the mode in
+/// effect. The program starts fenced.
+fn load_xdp(mode: XdpMode, lan: &Lan, tun: &Tun) -> anyhow::Result<(Option<Dataplane>, &'static str)> {
+    if mode == XdpMode::Off {
+        info!("XDP off: the kernel's routing tables alone carry the traffic");
+        return Ok((None, "off"));
+    }
+    let mut dp = Dataplane::load().context("failed to load the XDP program")?;
+    dp.set_role(XdpRole::Fenced, 0).context("failed to fence XDP before attaching")?;
+    dp.set_own_mac(lan.mac).context("failed to write the own MAC to XDP")?;
+    dp.set_tunnel(tun.index(), datagram::SAFE_TUN_MTU as u32).context("failed to write the tunnel to XDP")?;
+    let used = match mode {
+        XdpMode::Native => {
+            dp.attach(&lan.iface, AyaXdpMode::Driver)
+                .with_context(|| format!("failed to attach XDP to {} in native mode", lan.iface))?;
+            "native"
+        }
+        XdpMode::Skb => {
+            dp.attach(&lan.iface, AyaXdpMode::Skb)
+                .with_context(|| format!("failed to attach XDP to {} in skb mode", lan.iface))?;
+            "skb"
+        }
+        XdpMode::Auto | XdpMode::Off => {
+            match dp.attach_auto(&lan.iface).with_context(|| format!("failed to attach XDP to {}", lan.iface))? {
+                AyaXdpMode::Skb => "skb",
+                _ => "native",
+            }
+        }
+    };
+    info!(iface = %lan.iface, mode = used, "XDP attached");
+    Ok((Some(dp), used))
+}
+
+/// The coordinator's IP from the token, for the rule that keeps it out of the tunnel.
+fn coordinator_ip(token: &Token) -> Option<IpAddr> {
+    token.addrs.first().and_then(|a| a.parse::<SocketAddr>().ok()).map(|s| s.ip())
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain handles: a panic elsewhere leaves them usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -78,10 +78,10 @@ pub fn rules(ns: &Netns, protocol: &str) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-/// The IPv4 addresses of `dev` as `a.b.c.d/len`.
+/// The IPv4 addresses of `dev` as `a.b.c.d/len`, sorted.
 pub fn addrs(ns: &Netns, dev: &str) -> anyhow::Result<Vec<String>> {
     let list = ip_json(ns, &format!("-4 addr show dev {dev}"))?;
-    Ok(list
+    let mut out: Vec<String> = list
         .iter()
         .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
         .map(|a| {
@@ -91,7 +91,9 @@ pub fn addrs(ns: &Netns, dev: &str) -> anyhow::Result<Vec<String>> {
                 a["prefixlen"]
             )
         })
-        .collect())
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 /// Owned strings, for comparing with the helpers above.

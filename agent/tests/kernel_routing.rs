@@ -245,3 +245,61 @@ fn flip_moves_mesh_traffic_between_the_tun_and_the_active_replica() -> anyhow::R
     assert_eq!(route_get(&gw, "10.20.1.1")?, "via 192.168.50.254 dev eth0");
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn ipv6_prefixes_get_their_own_rules_and_an_unknown_active_is_unreachable() -> anyhow::Result<()> {
+    require_root()?;
+    let Net {
+        gw,
+        active: _active,
+    } = net()?;
+    run_in(&gw, || async {
+        let mut routing = Routing::new(Netlink::connect()?, RoutingConfig::default());
+        let mut want = desired(&["100.96.0.0/12", "fd7a:115c::/48"], Table::Active);
+        want.standby = StandbyPath::Unreachable;
+        want.coordinator = Some("fd00::1".parse()?);
+        routing.reconcile(&want).await?;
+        assert_eq!(
+            routes(&gw, ACTIVE)?,
+            strs(&[
+                "100.96.0.0/12 dev mesh0 proto 109",
+                "fd7a:115c::/48 dev mesh0 proto 109",
+            ])
+        );
+        // No IPv6 LAN gateway is known, so IPv6 stays out of STANDBY.
+        assert_eq!(
+            routes(&gw, STANDBY)?,
+            strs(&["100.96.0.0/12 unreachable proto 109"])
+        );
+        assert_eq!(
+            rules(&gw, PROTO)?,
+            strs(&[
+                "pref 7300 to fd00::1 lookup main",
+                "pref 7305 from 100.96.0.5 lookup 7301",
+                "pref 7310 lookup 7301",
+                "pref 7310 lookup 7301",
+            ])
+        );
+
+        routing.flip(Table::Standby).await?;
+        assert_eq!(
+            rules(&gw, PROTO)?,
+            strs(&[
+                "pref 7300 to fd00::1 lookup main",
+                "pref 7305 from 100.96.0.5 lookup 7301",
+                "pref 7310 lookup 7302",
+                "pref 7310 lookup 7302",
+            ]),
+            "both IP versions flipped"
+        );
+        // A standby that does not know the active fails fast instead of leaking.
+        assert!(gw.ip("route get 100.96.1.1").is_err());
+
+        routing.cleanup().await?;
+        anyhow::Ok(())
+    })?;
+    assert_eq!(routes(&gw, ACTIVE)?, Vec::<String>::new());
+    assert_eq!(rules(&gw, PROTO)?, Vec::<String>::new());
+    Ok(())
+}

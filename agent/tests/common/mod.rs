@@ -33,13 +33,14 @@ pub fn ip_json(ns: &Netns, args: &str) -> anyhow::Result<Vec<Value>> {
     Ok(serde_json::from_str(&out)?)
 }
 
-/// The routes of `table`, each as `dst dev X` / `dst via G dev X` / `dst unreachable`,
+/// The routes of `table` (both IP versions), each as `dst dev X` / `dst via G dev X` / `dst unreachable`,
 /// sorted; only those with `proto` when given.
 pub fn routes(ns: &Netns, table: u32) -> anyhow::Result<Vec<String>> {
     // A table that never existed (or was emptied) is an error for `ip route show`.
-    let Ok(list) = ip_json(ns, &format!("route show table {table}")) else {
-        return Ok(Vec::new());
-    };
+    let list: Vec<Value> = ["-4", "-6"]
+        .iter()
+        .flat_map(|af| ip_json(ns, &format!("{af} route show table {table}")).unwrap_or_default())
+        .collect();
     let mut out: Vec<String> = list
         .iter()
         .map(|r| {
@@ -58,9 +59,11 @@ pub fn routes(ns: &Netns, table: u32) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-/// The IPv4 rules with `protocol`, each as `pref P [from S] [to D] lookup T`, sorted.
+/// The rules (both IP versions) with `protocol`, each as `pref P [from S] [to D] lookup T`, sorted.
 pub fn rules(ns: &Netns, protocol: &str) -> anyhow::Result<Vec<String>> {
-    let mut out: Vec<String> = ip_json(ns, "rule show")?
+    let mut list = ip_json(ns, "-4 rule show")?;
+    list.extend(ip_json(ns, "-6 rule show")?);
+    let mut out: Vec<String> = list
         .iter()
         .filter(|r| r["protocol"].as_str() == Some(protocol))
         .map(|r| {
@@ -78,10 +81,10 @@ pub fn rules(ns: &Netns, protocol: &str) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-/// The IPv4 addresses of `dev` as `a.b.c.d/len`.
+/// The IPv4 addresses of `dev` as `a.b.c.d/len`, sorted.
 pub fn addrs(ns: &Netns, dev: &str) -> anyhow::Result<Vec<String>> {
     let list = ip_json(ns, &format!("-4 addr show dev {dev}"))?;
-    Ok(list
+    let mut out: Vec<String> = list
         .iter()
         .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
         .map(|a| {
@@ -91,7 +94,9 @@ pub fn addrs(ns: &Netns, dev: &str) -> anyhow::Result<Vec<String>> {
                 a["prefixlen"]
             )
         })
-        .collect())
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 /// Owned strings, for comparing with the helpers above.

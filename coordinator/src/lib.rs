@@ -2,3 +2,4 @@
 //! relay. The binary in `main.rs` wires these modules together.
 
 pub mod election;
+pub mod store;

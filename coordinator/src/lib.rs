@@ -2,4 +2,6 @@
 //! relay. The binary in `main.rs` wires these modules together.
 
 pub mod election;
+pub mod ipam;
+pub mod routes;
 pub mod store;

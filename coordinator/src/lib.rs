@@ -3,5 +3,6 @@
 
 pub mod election;
 pub mod ipam;
+pub mod registry;
 pub mod routes;
 pub mod store;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// Why a datagram was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drop {
+pub enum DropReason {
     /// Not a well-formed IPv4 packet.
     Malformed = 0,
     /// Larger than the relay accepts.
@@ -54,7 +54,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Count a drop.
-    pub fn drop(&self, why: Drop) {
+    pub fn count_drop(&self, why: DropReason) {
         self.drops[why as usize].fetch_add(1, Relaxed);
     }
 

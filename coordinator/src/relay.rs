@@ -12,7 +12,7 @@ use meshgate_proto::Id;
 use meshgate_proto::datagram::{MAX_PACKET, ipv4_src_dst};
 
 use crate::election::ConnId;
-use crate::metrics::{Drop, Metrics};
+use crate::metrics::{DropReason, Metrics};
 
 /// Where a destination leads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,17 +102,17 @@ impl Table {
     /// Relay one datagram received from `from`.
     pub fn forward(&self, from: ConnId, pkt: Bytes, m: &Metrics) {
         if pkt.len() > MAX_PACKET {
-            return m.drop(Drop::Oversized);
+            return m.count_drop(DropReason::Oversized);
         }
         let Some((src, dst)) = ipv4_src_dst(&pkt) else {
-            return m.drop(Drop::Malformed);
+            return m.count_drop(DropReason::Malformed);
         };
         let Some(sender) = self.senders.get(&from) else {
-            return m.drop(Drop::NotActive);
+            return m.count_drop(DropReason::NotActive);
         };
         match sender.node {
             // Replicas that are not active forward nothing (fencing at the relay).
-            Some((_, false)) => return m.drop(Drop::NotActive),
+            Some((_, false)) => return m.count_drop(DropReason::NotActive),
             Some((node, true)) => {
                 let own_route = self
                     .node_routes
@@ -120,22 +120,22 @@ impl Table {
                     .and_then(|l| l.lookup(src))
                     .is_some();
                 if src != sender.mesh_ip && !own_route {
-                    return m.drop(Drop::Spoofed);
+                    return m.count_drop(DropReason::Spoofed);
                 }
             }
-            None if src != sender.mesh_ip => return m.drop(Drop::Spoofed),
+            None if src != sender.mesh_ip => return m.count_drop(DropReason::Spoofed),
             None => {}
         }
         let to = match self.dst.lookup(dst) {
             Some(Target::Conn(c)) => c,
             Some(Target::Node(n)) => match self.active.get(&n) {
                 Some(c) => *c,
-                None => return m.drop(Drop::Unreachable),
+                None => return m.count_drop(DropReason::Unreachable),
             },
-            None => return m.drop(Drop::NoRoute),
+            None => return m.count_drop(DropReason::NoRoute),
         };
         let Some(conn) = self.conns.get(&to) else {
-            return m.drop(Drop::Unreachable);
+            return m.count_drop(DropReason::Unreachable);
         };
         let len = pkt.len() as u64;
         match conn.send_datagram(pkt) {
@@ -143,7 +143,7 @@ impl Table {
                 m.packets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 m.bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
             }
-            Err(_) => m.drop(Drop::SendFailed),
+            Err(_) => m.count_drop(DropReason::SendFailed),
         }
     }
 }

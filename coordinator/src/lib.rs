@@ -1,4 +1,14 @@
 //! meshgate's coordinator: control plane (enrolment, IPAM, routes, HA election) and
 //! relay. The binary in `main.rs` wires these modules together.
 
+pub mod api;
 pub mod election;
+pub mod hub;
+pub mod identity;
+pub mod ipam;
+pub mod metrics;
+pub mod quic;
+pub mod registry;
+pub mod relay;
+pub mod routes;
+pub mod store;

@@ -1,5 +1,148 @@
-//! `meshgate-coordinator`: placeholder until the coordinator issue lands.
+//! `meshgate-coordinator`: the control plane and relay.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("meshgate-coordinator is not implemented yet")
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use ipnet::Ipv4Net;
+use meshgate_coordinator::api::{self, Api};
+use meshgate_coordinator::hub::Hub;
+use meshgate_coordinator::ipam::Ipam;
+use meshgate_coordinator::registry::Registry;
+use meshgate_coordinator::store::redb::RedbStore;
+use meshgate_coordinator::{identity, quic};
+use meshgate_proto::Timings;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "meshgate coordinator: enrolment, Mesh IPs, routes, HA election, relay"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the coordinator.
+    Serve(Serve),
+}
+
+#[derive(Parser)]
+struct Serve {
+    /// Data directory (created on first start): TLS identity, store, admin-token.
+    #[arg(long, env = "MESHGATE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// UDP address of the QUIC endpoint.
+    #[arg(long, env = "MESHGATE_QUIC_LISTEN", default_value = "0.0.0.0:7443")]
+    quic_listen: SocketAddr,
+    /// TCP address of the REST API.
+    #[arg(long, env = "MESHGATE_API_LISTEN", default_value = "127.0.0.1:7080")]
+    api_listen: SocketAddr,
+    /// HOST:PORT that tokens tell agents to dial (repeatable; default: the QUIC listen
+    /// address, with 127.0.0.1 for an unspecified IP).
+    #[arg(long, env = "MESHGATE_PUBLIC_ADDR", value_delimiter = ',')]
+    public_addr: Vec<String>,
+    /// The mesh range Mesh IPs come from.
+    #[arg(long, env = "MESHGATE_MESH_CIDR", default_value = "100.96.0.0/12")]
+    mesh_cidr: Ipv4Net,
+    /// This coordinator's name (shown as `colo_name` in connections).
+    #[arg(long, env = "MESHGATE_NAME", default_value = "meshgate")]
+    name: String,
+    /// Heartbeat interval agents use, in ms.
+    #[arg(long, env = "MESHGATE_HEARTBEAT_MS", default_value_t = meshgate_proto::lease::DEFAULT_HEARTBEAT_MS)]
+    heartbeat_ms: u32,
+    /// Lease length from heartbeat receipt, in ms; failover happens about this long
+    /// after the active is lost.
+    #[arg(long, env = "MESHGATE_LEASE_MS", default_value_t = meshgate_proto::lease::DEFAULT_LEASE_MS)]
+    lease_ms: u32,
+    /// Guard agents subtract from their lease deadline, in ms.
+    #[arg(long, env = "MESHGATE_GUARD_MS", default_value_t = meshgate_proto::lease::DEFAULT_GUARD_MS)]
+    guard_ms: u32,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Cmd::Serve(args) = Cli::parse().cmd;
+    tokio::runtime::Runtime::new()
+        .context("failed to start the runtime")?
+        .block_on(serve(args))
+}
+
+async fn serve(a: Serve) -> Result<()> {
+    let timings = Timings {
+        heartbeat_ms: a.heartbeat_ms,
+        lease_ms: a.lease_ms,
+        guard_ms: a.guard_ms,
+    };
+    timings
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid timings: {e}"))?;
+    let ipam = Ipam::new(a.mesh_cidr).context("invalid --mesh-cidr")?;
+    let id = identity::load_or_create(&a.data_dir)?;
+    let store =
+        RedbStore::open(&a.data_dir.join("store.redb")).context("failed to open the store")?;
+    let registry = Registry::new(Arc::new(store), ipam, id.token_key);
+    let hub = Arc::new(Hub::new(registry, timings, ipam.cidr(), a.name.clone()));
+
+    let endpoint = quinn::Endpoint::server(quic::server_config(&id)?, a.quic_listen)
+        .with_context(|| format!("failed to bind QUIC on {}", a.quic_listen))?;
+    let quic_addr = endpoint.local_addr().context("QUIC local address")?;
+    let listener = tokio::net::TcpListener::bind(a.api_listen)
+        .await
+        .with_context(|| format!("failed to bind the API on {}", a.api_listen))?;
+    let api_addr = listener.local_addr().context("API local address")?;
+
+    let token_addrs = if a.public_addr.is_empty() {
+        let mut q = quic_addr;
+        if q.ip().is_unspecified() {
+            q.set_ip([127, 0, 0, 1].into());
+            tracing::warn!("no --public-addr: tokens will point at {q}, reachable only locally");
+        }
+        vec![q.to_string()]
+    } else {
+        a.public_addr.clone()
+    };
+    let api_state = Arc::new(Api {
+        hub: hub.clone(),
+        admin_token: id.admin_token.clone(),
+        token_addrs,
+        fingerprint: id.fingerprint,
+        quic_ready: false.into(),
+    });
+    api_state.quic_ready.store(true, Relaxed);
+
+    let ticker = hub.clone();
+    tokio::spawn(async move {
+        // Promotion happens at most one tick after a lease expires.
+        let mut t = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            t.tick().await;
+            ticker.tick();
+        }
+    });
+    tokio::spawn(quic::serve(endpoint, hub.clone()));
+
+    tracing::info!(quic = %quic_addr, api = %api_addr, data_dir = %a.data_dir.display(), mesh = %ipam.cidr(), heartbeat_ms = a.heartbeat_ms, lease_ms = a.lease_ms, "coordinator started");
+    // Machine-readable start-up lines on stdout, so scripts and tests can wait for them.
+    println!("quic listening on {quic_addr}");
+    println!("api listening on {api_addr}");
+
+    axum::serve(listener, api::router(api_state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("API server failed")
 }

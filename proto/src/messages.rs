@@ -203,4 +203,6 @@ impl RefuseCode {
     pub const INTERNAL: Self = Self(9);
     /// The node or device was deleted while connected.
     pub const DELETED: Self = Self(10);
+    /// A second replica tried to join a node created without `ha`.
+    pub const NOT_HA: Self = Self(11);
 }

@@ -1,0 +1,91 @@
+//! The data directory: created on first start with the TLS identity, the admin token
+//! and the token-derivation key, each written once and mode 0600.
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use rand::RngCore as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// Everything the coordinator keeps on disk besides the store.
+pub struct Identity {
+    /// DER certificate (self-signed).
+    pub cert: CertificateDer<'static>,
+    /// Its private key.
+    pub key: PrivateKeyDer<'static>,
+    /// SHA-256 of `cert`: what tokens pin.
+    pub fingerprint: [u8; 32],
+    /// The REST API bearer token.
+    pub admin_token: String,
+    /// Key for deriving token secrets (see [`crate::registry`]).
+    pub token_key: [u8; 32],
+}
+
+fn write_secret(path: &Path, data: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("failed to create {}", path.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Load the identity from `dir`, creating whatever is missing.
+pub fn load_or_create(dir: &Path) -> Result<Identity> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("failed to create data dir {}", dir.display()))?;
+    let (cert_p, key_p) = (dir.join("cert.der"), dir.join("key.der"));
+    if !cert_p.exists() {
+        let ck =
+            rcgen::generate_simple_self_signed(vec![meshgate_proto::client::SERVER_NAME.into()])
+                .context("failed to generate the TLS certificate")?;
+        // Key first: a crash between the two writes leaves no certificate without a key.
+        write_secret(&key_p, &ck.signing_key.serialize_der())?;
+        write_secret(&cert_p, ck.cert.der())?;
+    }
+    let cert = CertificateDer::from(fs::read(&cert_p).context("failed to read cert.der")?);
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        fs::read(&key_p).context("failed to read key.der")?,
+    ));
+    let admin_p = dir.join("admin-token");
+    if !admin_p.exists() {
+        let mut b = [0u8; 32];
+        rand::rng().fill_bytes(&mut b);
+        write_secret(&admin_p, format!("{}\n", hex(&b)).as_bytes())?;
+    }
+    let admin_token = fs::read_to_string(&admin_p)
+        .context("failed to read admin-token")?
+        .trim()
+        .to_owned();
+    let tk_p = dir.join("token-key");
+    if !tk_p.exists() {
+        let mut b = [0u8; 32];
+        rand::rng().fill_bytes(&mut b);
+        write_secret(&tk_p, &b)?;
+    }
+    let token_key: [u8; 32] = fs::read(&tk_p)
+        .context("failed to read token-key")?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("token-key must be 32 bytes"))?;
+    let fingerprint = meshgate_proto::token::cert_fingerprint(&cert);
+    Ok(Identity {
+        cert,
+        key,
+        fingerprint,
+        admin_token,
+        token_key,
+    })
+}

@@ -1,0 +1,158 @@
+//! The QUIC endpoint: TLS 1.3 with ALPN `meshgate/1`, 0-RTT off, DATAGRAM frames on.
+//! Each connection: one control stream (Hello first, then heartbeats and requests) and
+//! datagrams handed to the relay. A malformed control message closes only that
+//! connection, with the reason logged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use meshgate_proto::stream::{read_frame, write_frame};
+use meshgate_proto::{AgentMsg, CoordMsg, RefuseCode};
+
+use crate::election::Event;
+use crate::hub::Hub;
+use crate::identity::Identity;
+
+/// How long a new connection may take to send its Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A quinn server config from the coordinator's identity.
+pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("failed to select TLS 1.3")?
+        .with_no_client_auth()
+        .with_single_cert(vec![id.cert.clone()], id.key.clone_key())
+        .context("failed to load the TLS identity")?;
+    tls.alpn_protocols = vec![meshgate_proto::ALPN.to_vec()];
+    // 0-RTT off: registration must not be replayable.
+    tls.max_early_data_size = 0;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .context("failed to build the QUIC TLS config")?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(
+            Duration::from_secs(10).try_into().context("idle timeout")?,
+        ))
+        .datagram_receive_buffer_size(Some(1 << 20))
+        .max_concurrent_uni_streams(0u32.into())
+        .max_concurrent_bidi_streams(1u32.into());
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+/// Accept connections until the endpoint closes.
+pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let origin = incoming.remote_address();
+            if let Err(e) = handle(incoming, hub).await {
+                tracing::info!(%origin, error = %format!("{e:#}"), "connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>) -> Result<()> {
+    let conn = incoming.await.context("handshake failed")?;
+    let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+        .await
+        .context("no control stream in time")??;
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame::<AgentMsg>(&mut recv)).await {
+        Ok(Ok(Some(AgentMsg::Hello(h)))) => h,
+        Ok(Ok(other)) => {
+            refuse(
+                &conn,
+                &mut send,
+                RefuseCode::PROTOCOL_VIOLATION,
+                "first message must be Hello",
+            )
+            .await;
+            anyhow::bail!("first message was {other:?}");
+        }
+        Ok(Err(e)) => {
+            refuse(
+                &conn,
+                &mut send,
+                RefuseCode::PROTOCOL_VIOLATION,
+                &e.to_string(),
+            )
+            .await;
+            return Err(e).context("malformed Hello");
+        }
+        Err(_) => anyhow::bail!("no Hello in time"),
+    };
+    let (conn_id, mut ctl_rx) = match hub.register(conn.clone(), hello) {
+        Ok(x) => x,
+        Err((code, reason)) => {
+            refuse(&conn, &mut send, code, &reason).await;
+            anyhow::bail!("refused (code {}): {reason}", code.0);
+        }
+    };
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = ctl_rx.recv().await {
+            let refused = matches!(msg, CoordMsg::Refused { .. });
+            if write_frame(&mut send, &msg).await.is_err() || refused {
+                break;
+            }
+        }
+        let _ = send.finish();
+    });
+    let dconn = conn.clone();
+    let dhub = hub.clone();
+    let datagrams = tokio::spawn(async move {
+        while let Ok(pkt) = dconn.read_datagram().await {
+            dhub.forward(conn_id, pkt);
+        }
+    });
+    let result = control_loop(&hub, conn_id, &mut recv).await;
+    hub.disconnected(conn_id);
+    datagrams.abort();
+    // Let the writer flush a final Refused, if any, then close.
+    let _ = tokio::time::timeout(Duration::from_millis(200), writer).await;
+    conn.close(0u32.into(), b"bye");
+    result
+}
+
+async fn control_loop(hub: &Hub, conn_id: u64, recv: &mut quinn::RecvStream) -> Result<()> {
+    loop {
+        let msg = read_frame::<AgentMsg>(recv)
+            .await
+            .context("control stream")?;
+        match msg {
+            Some(AgentMsg::Heartbeat { seq }) => {
+                hub.event(conn_id, |conn| Event::Heartbeat { conn, seq })
+            }
+            Some(AgentMsg::RequestHandover { reason }) => {
+                tracing::info!(conn = conn_id, ?reason, "handover requested");
+                hub.event(conn_id, |conn| Event::HandoverRequested { conn });
+            }
+            Some(AgentMsg::Goodbye) | None => return Ok(()),
+            Some(AgentMsg::Hello(_)) => anyhow::bail!("second Hello on one connection"),
+        }
+    }
+}
+
+async fn refuse(
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    code: RefuseCode,
+    reason: &str,
+) {
+    let _ = write_frame(
+        send,
+        &CoordMsg::Refused {
+            code,
+            reason: reason.into(),
+        },
+    )
+    .await;
+    let _ = send.finish();
+    // Give the frame a moment to leave before the close frame overtakes it.
+    let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+    conn.close(1u32.into(), reason.as_bytes());
+}

@@ -1,0 +1,500 @@
+//! The coordinator's durable model — nodes, devices, routes, replicas, Mesh IP
+//! allocations, epochs and token hashes — as JSON values in the [`Store`].
+//!
+//! Key layout: `nodes/{id}`, `devices/{id}`, `routes/{node}/{route}`,
+//! `replicas/{node}/{replica}`, `ipam/{ip}` (owner), `epochs/{node}`,
+//! `tombstones/{id}` (deleted node or device, so its token is refused as revoked, not
+//! unknown), `meta/ipam_cursor`, `meta/routes_version`.
+//!
+//! Token secrets are never stored. A secret is `HMAC-SHA256(token_key, id)`, where
+//! `token_key` is a file in the data dir; the store only holds `SHA-256(secret)`. That
+//! lets the API show a node's token again (as the contract requires) while a copy of the
+//! store alone — or a future shared etcd — reveals no usable token.
+//!
+//! Mutations are serialised by one mutex: the coordinator is a single writer, and the
+//! store's compare guards catch anything that slipped past it.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hmac::{Hmac, Mac};
+use ipnet::Ipv4Net;
+use meshgate_proto::token::{constant_time_eq, hash_secret};
+use meshgate_proto::{Id, Kind, Token, TokenError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::ipam::{Ipam, IpamError};
+use crate::routes::{self, RouteError};
+use crate::store::{Compare, Op, Store, StoreError};
+
+/// A node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Id.
+    pub id: Id,
+    /// Unique name.
+    pub name: String,
+    /// Whether more than one replica may connect.
+    pub ha: bool,
+    /// RFC 3339.
+    pub created_at: String,
+    /// SHA-256 of the token secret.
+    pub token_hash: [u8; 32],
+}
+
+/// A device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Id.
+    pub id: Id,
+    /// Unique name.
+    pub name: String,
+    /// Its Mesh IP.
+    pub mesh_ip: Ipv4Addr,
+    /// RFC 3339.
+    pub created_at: String,
+    /// SHA-256 of the token secret.
+    pub token_hash: [u8; 32],
+}
+
+/// A route advertised by a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteRecord {
+    /// Id.
+    pub id: Id,
+    /// Advertising node.
+    pub node_id: Id,
+    /// Network.
+    pub network: Ipv4Net,
+    /// Free text.
+    pub comment: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// A replica of a node, known by its persistent replica id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    /// Node.
+    pub node_id: Id,
+    /// Agent-chosen id.
+    pub replica_id: String,
+    /// Its Mesh IP.
+    pub mesh_ip: Ipv4Addr,
+}
+
+/// Why a registry operation failed; the API maps these to 4xx/5xx.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No such object.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Name taken.
+    #[error("{0}")]
+    Conflict(String),
+    /// Bad field.
+    #[error("{0}")]
+    Invalid(String),
+    /// Route refused.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// No address left.
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a token was refused at registration.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Not a token at all.
+    #[error("malformed token: {0}")]
+    Malformed(#[from] TokenError),
+    /// No such node/device, or the secret does not match.
+    #[error("unknown token")]
+    Unknown,
+    /// The node/device was deleted.
+    #[error("token was revoked (its node or device was deleted)")]
+    Revoked,
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Who a valid token belongs to.
+#[derive(Debug, Clone)]
+pub enum Participant {
+    /// A node.
+    Node(NodeRecord),
+    /// A device.
+    Device(DeviceRecord),
+}
+
+type R<T> = Result<T, RegistryError>;
+
+/// The durable model.
+pub struct Registry {
+    store: Arc<dyn Store>,
+    ipam: Ipam,
+    token_key: [u8; 32],
+    write: Mutex<()>,
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our records contain only strings, numbers, arrays and maps.
+    serde_json::to_vec(v).expect("records serialise")
+}
+
+/// Names are shown in logs, metrics labels and URLs: keep them simple.
+pub fn validate_name(name: &str) -> R<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::Invalid(format!(
+            "invalid name {name:?}: use 1-63 characters of letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+impl Registry {
+    /// A registry over `store` allocating from `ipam`.
+    pub fn new(store: Arc<dyn Store>, ipam: Ipam, token_key: [u8; 32]) -> Self {
+        Self {
+            store,
+            ipam,
+            token_key,
+            write: Mutex::new(()),
+        }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &str) -> R<Option<T>> {
+        match self.store.get(key)? {
+            Some(kv) => serde_json::from_slice(&kv.value)
+                .map(Some)
+                .map_err(|e| StoreError::Backend(format!("corrupt record {key}: {e}")).into()),
+            None => Ok(None),
+        }
+    }
+
+    fn list<T: DeserializeOwned>(&self, prefix: &str) -> R<Vec<T>> {
+        self.store
+            .range(prefix)?
+            .into_iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv.value).map_err(|e| {
+                    StoreError::Backend(format!("corrupt record {}: {e}", kv.key)).into()
+                })
+            })
+            .collect()
+    }
+
+    fn secret(&self, id: Id) -> [u8; 32] {
+        let mut mac = <Hmac<sha2::Sha256>>::new_from_slice(&self.token_key)
+            .expect("HMAC takes keys of any length");
+        mac.update(&id.0);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The token for a node or device.
+    pub fn token(&self, kind: Kind, id: Id, addrs: Vec<String>, fingerprint: [u8; 32]) -> Token {
+        Token {
+            kind,
+            id,
+            secret: self.secret(id),
+            addrs,
+            fingerprint,
+        }
+    }
+
+    /// Create a node.
+    pub fn create_node(&self, name: &str, ha: bool) -> R<NodeRecord> {
+        validate_name(name)?;
+        let _g = self.lock();
+        if self.list_nodes()?.iter().any(|n| n.name == name) {
+            return Err(RegistryError::Conflict(format!(
+                "a node named {name:?} already exists"
+            )));
+        }
+        let id = Id::random();
+        let node = NodeRecord {
+            id,
+            name: name.to_owned(),
+            ha,
+            created_at: now_rfc3339(),
+            token_hash: hash_secret(&self.secret(id)),
+        };
+        let key = format!("nodes/{id}");
+        self.store.txn(
+            &[Compare::Absent(key.clone())],
+            &[Op::put(key, json(&node))],
+        )?;
+        Ok(node)
+    }
+
+    /// All nodes.
+    pub fn list_nodes(&self) -> R<Vec<NodeRecord>> {
+        self.list("nodes/")
+    }
+
+    /// One node.
+    pub fn node(&self, id: Id) -> R<NodeRecord> {
+        self.get(&format!("nodes/{id}"))?
+            .ok_or_else(|| RegistryError::NotFound(format!("node {id}")))
+    }
+
+    /// Delete a node with its routes, replicas and their Mesh IPs, atomically.
+    pub fn delete_node(&self, id: Id) -> R<NodeRecord> {
+        let _g = self.lock();
+        let node = self.node(id)?;
+        let mut ops = vec![
+            Op::Delete(format!("nodes/{id}")),
+            Op::DeletePrefix(format!("routes/{id}/")),
+            Op::DeletePrefix(format!("replicas/{id}/")),
+            Op::Delete(format!("epochs/{id}")),
+            Op::put(format!("tombstones/{id}"), "node"),
+        ];
+        for r in self.replicas(id)? {
+            ops.push(Op::Delete(format!("ipam/{}", r.mesh_ip)));
+        }
+        ops.extend(self.bump_routes_version()?);
+        self.store.txn(&[], &ops)?;
+        Ok(node)
+    }
+
+    /// Enrol a device and allocate its Mesh IP.
+    pub fn create_device(&self, name: &str) -> R<DeviceRecord> {
+        validate_name(name)?;
+        let _g = self.lock();
+        if self.list_devices()?.iter().any(|d| d.name == name) {
+            return Err(RegistryError::Conflict(format!(
+                "a device named {name:?} already exists"
+            )));
+        }
+        let id = Id::random();
+        let (ip, mut ops) = self.allocate(&format!("device/{id}"))?;
+        let dev = DeviceRecord {
+            id,
+            name: name.to_owned(),
+            mesh_ip: ip,
+            created_at: now_rfc3339(),
+            token_hash: hash_secret(&self.secret(id)),
+        };
+        ops.push(Op::put(format!("devices/{id}"), json(&dev)));
+        self.store
+            .txn(&[Compare::Absent(format!("ipam/{ip}"))], &ops)?;
+        Ok(dev)
+    }
+
+    /// All devices.
+    pub fn list_devices(&self) -> R<Vec<DeviceRecord>> {
+        self.list("devices/")
+    }
+
+    /// Delete a device and free its Mesh IP.
+    pub fn delete_device(&self, id: Id) -> R<DeviceRecord> {
+        let _g = self.lock();
+        let dev: DeviceRecord = self
+            .get(&format!("devices/{id}"))?
+            .ok_or_else(|| RegistryError::NotFound(format!("device {id}")))?;
+        self.store.txn(
+            &[],
+            &[
+                Op::Delete(format!("devices/{id}")),
+                Op::Delete(format!("ipam/{}", dev.mesh_ip)),
+                Op::put(format!("tombstones/{id}"), "device"),
+            ],
+        )?;
+        Ok(dev)
+    }
+
+    /// Pick the next free address; returns the ops that record it.
+    fn allocate(&self, owner: &str) -> R<(Ipv4Addr, Vec<Op>)> {
+        let used: std::collections::HashSet<String> = self
+            .store
+            .range("ipam/")?
+            .into_iter()
+            .map(|kv| kv.key["ipam/".len()..].to_owned())
+            .collect();
+        let cursor: Option<Ipv4Addr> = self.get("meta/ipam_cursor")?;
+        let ip = self
+            .ipam
+            .next_free(cursor, |ip| used.contains(&ip.to_string()))?;
+        Ok((
+            ip,
+            vec![
+                Op::put(format!("ipam/{ip}"), owner),
+                Op::put("meta/ipam_cursor", json(&ip)),
+            ],
+        ))
+    }
+
+    /// The Mesh IP of a node replica, allocated on first sight and stable after.
+    pub fn replica_ip(&self, node: Id, replica_id: &str) -> R<Ipv4Addr> {
+        let key = format!("replicas/{node}/{replica_id}");
+        if let Some(r) = self.get::<ReplicaRecord>(&key)? {
+            return Ok(r.mesh_ip);
+        }
+        let _g = self.lock();
+        self.node(node)?; // deleted meanwhile?
+        let (ip, mut ops) = self.allocate(&format!("replica/{node}/{replica_id}"))?;
+        let rec = ReplicaRecord {
+            node_id: node,
+            replica_id: replica_id.to_owned(),
+            mesh_ip: ip,
+        };
+        ops.push(Op::put(key.clone(), json(&rec)));
+        let guards = [Compare::Absent(key), Compare::Absent(format!("ipam/{ip}"))];
+        match self.store.txn(&guards, &ops)? {
+            Some(_) => Ok(ip),
+            None => Err(RegistryError::Conflict(
+                "replica registered concurrently".into(),
+            )),
+        }
+    }
+
+    /// Known replicas of a node.
+    pub fn replicas(&self, node: Id) -> R<Vec<ReplicaRecord>> {
+        self.list(&format!("replicas/{node}/"))
+    }
+
+    fn bump_routes_version(&self) -> R<Vec<Op>> {
+        let v = self.routes_version()? + 1;
+        Ok(vec![Op::put("meta/routes_version", json(&v))])
+    }
+
+    /// Version of the route table; grows on every change.
+    pub fn routes_version(&self) -> R<u64> {
+        Ok(self.get("meta/routes_version")?.unwrap_or(0))
+    }
+
+    /// Advertise `network` through `node`.
+    pub fn add_route(&self, node: Id, network: &str, comment: &str) -> R<RouteRecord> {
+        let net = routes::parse(network)?;
+        let _g = self.lock();
+        self.node(node)?;
+        let nodes = self.list_nodes()?;
+        let all = self.all_routes()?;
+        let existing: Vec<routes::Existing<'_>> = all
+            .iter()
+            .map(|r| routes::Existing {
+                net: r.network,
+                node: r.node_id,
+                node_name: nodes
+                    .iter()
+                    .find(|n| n.id == r.node_id)
+                    .map_or("?", |n| &n.name),
+            })
+            .collect();
+        routes::validate(net, node, self.ipam.cidr(), &existing)?;
+        let rec = RouteRecord {
+            id: Id::random(),
+            node_id: node,
+            network: net,
+            comment: comment.to_owned(),
+            created_at: now_rfc3339(),
+        };
+        let mut ops = vec![Op::put(format!("routes/{node}/{}", rec.id), json(&rec))];
+        ops.extend(self.bump_routes_version()?);
+        self.store.txn(&[], &ops)?;
+        Ok(rec)
+    }
+
+    /// Routes of one node.
+    pub fn routes_of(&self, node: Id) -> R<Vec<RouteRecord>> {
+        self.node(node)?;
+        self.list(&format!("routes/{node}/"))
+    }
+
+    /// Every route.
+    pub fn all_routes(&self) -> R<Vec<RouteRecord>> {
+        self.list("routes/")
+    }
+
+    /// Withdraw a route.
+    pub fn delete_route(&self, node: Id, route: Id) -> R<RouteRecord> {
+        let _g = self.lock();
+        self.node(node)?;
+        let key = format!("routes/{node}/{route}");
+        let rec: RouteRecord = self
+            .get(&key)?
+            .ok_or_else(|| RegistryError::NotFound(format!("route {route}")))?;
+        let mut ops = vec![Op::Delete(key)];
+        ops.extend(self.bump_routes_version()?);
+        self.store.txn(&[], &ops)?;
+        Ok(rec)
+    }
+
+    /// The last persisted epoch of a node.
+    pub fn epoch(&self, node: Id) -> R<u64> {
+        Ok(self.get(&format!("epochs/{node}"))?.unwrap_or(0))
+    }
+
+    /// Persist a node's epoch (before any message carrying it is sent).
+    pub fn set_epoch(&self, node: Id, epoch: u64) -> R<()> {
+        self.store.put(&format!("epochs/{node}"), &json(&epoch))?;
+        Ok(())
+    }
+
+    /// Check a token string and say whose it is.
+    pub fn authenticate(&self, token: &str) -> Result<(Token, Participant), AuthError> {
+        let t = Token::decode(token)?;
+        let found = match t.kind {
+            Kind::Node => self
+                .get::<NodeRecord>(&format!("nodes/{}", t.id))
+                .map(|n| n.map(|n| (n.token_hash, Participant::Node(n)))),
+            Kind::Device => self
+                .get::<DeviceRecord>(&format!("devices/{}", t.id))
+                .map(|d| d.map(|d| (d.token_hash, Participant::Device(d)))),
+        };
+        let (hash, p) = match found {
+            Ok(Some(x)) => x,
+            Ok(None) => return Err(self.missing(t.id)?),
+            Err(e) => return Err(store_err(e)),
+        };
+        if constant_time_eq(&t.secret_hash(), &hash) {
+            Ok((t, p))
+        } else {
+            Err(AuthError::Unknown)
+        }
+    }
+
+    fn missing(&self, id: Id) -> Result<AuthError, AuthError> {
+        Ok(if self.store.get(&format!("tombstones/{id}"))?.is_some() {
+            AuthError::Revoked
+        } else {
+            AuthError::Unknown
+        })
+    }
+}
+
+fn store_err(e: RegistryError) -> AuthError {
+    match e {
+        RegistryError::Store(s) => AuthError::Store(s),
+        other => AuthError::Store(StoreError::Backend(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;

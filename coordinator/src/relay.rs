@@ -1,0 +1,168 @@
+//! The relay: for each datagram, check the sender may send it, look the destination up,
+//! and forward. The lookup table is rebuilt whenever connections, roles or routes
+//! change and swapped in whole; the per-packet path only reads it (one `RwLock` read,
+//! hash lookups, no allocation — the packet's `Bytes` is forwarded without copying).
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use bytes::Bytes;
+use ipnet::Ipv4Net;
+use meshgate_proto::Id;
+use meshgate_proto::datagram::{MAX_PACKET, ipv4_src_dst};
+
+use crate::election::ConnId;
+use crate::metrics::{DropReason, Metrics};
+
+/// Where a destination leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Conn(ConnId),
+    Node(Id),
+}
+
+/// A sender's rights.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    /// Its Mesh IP.
+    pub mesh_ip: Ipv4Addr,
+    /// For a node replica: its node, and whether it is the active one.
+    pub node: Option<(Id, bool)>,
+}
+
+/// Longest-prefix match over IPv4 prefixes: one hash map per prefix length present,
+/// longest first. At most 33 probes, no allocation.
+#[derive(Debug, Clone)]
+pub struct Lpm<T> {
+    by_len: Vec<(u8, HashMap<u32, T>)>,
+}
+
+impl<T> Default for Lpm<T> {
+    fn default() -> Self {
+        Self { by_len: Vec::new() }
+    }
+}
+
+impl<T: Copy> Lpm<T> {
+    /// Add a prefix.
+    pub fn insert(&mut self, net: Ipv4Net, v: T) {
+        let len = net.prefix_len();
+        let key = u32::from(net.network());
+        match self.by_len.binary_search_by(|(l, _)| len.cmp(l)) {
+            Ok(i) => {
+                self.by_len[i].1.insert(key, v);
+            }
+            Err(i) => self.by_len.insert(i, (len, HashMap::from([(key, v)]))),
+        }
+    }
+
+    /// The value of the longest prefix containing `ip`.
+    pub fn lookup(&self, ip: Ipv4Addr) -> Option<T> {
+        let a = u32::from(ip);
+        self.by_len.iter().find_map(|(len, m)| {
+            let mask = if *len == 0 { 0 } else { u32::MAX << (32 - len) };
+            m.get(&(a & mask)).copied()
+        })
+    }
+}
+
+/// A snapshot of everything the relay needs.
+#[derive(Default)]
+pub struct Table {
+    dst: Lpm<Target>,
+    node_routes: HashMap<Id, Lpm<()>>,
+    active: HashMap<Id, ConnId>,
+    senders: HashMap<ConnId, Sender>,
+    conns: HashMap<ConnId, quinn::Connection>,
+}
+
+impl Table {
+    /// Build from connected participants, routes and actives.
+    pub fn build(
+        participants: impl IntoIterator<Item = (ConnId, Sender, quinn::Connection)>,
+        routes: impl IntoIterator<Item = (Ipv4Net, Id)>,
+        active: HashMap<Id, ConnId>,
+    ) -> Self {
+        let mut t = Table {
+            active,
+            ..Table::default()
+        };
+        for (net, node) in routes {
+            t.dst.insert(net, Target::Node(node));
+            t.node_routes.entry(node).or_default().insert(net, ());
+        }
+        for (id, s, conn) in participants {
+            t.dst.insert(Ipv4Net::from(s.mesh_ip), Target::Conn(id));
+            t.senders.insert(id, s);
+            t.conns.insert(id, conn);
+        }
+        t
+    }
+
+    /// Relay one datagram received from `from`.
+    pub fn forward(&self, from: ConnId, pkt: Bytes, m: &Metrics) {
+        if pkt.len() > MAX_PACKET {
+            return m.count_drop(DropReason::Oversized);
+        }
+        let Some((src, dst)) = ipv4_src_dst(&pkt) else {
+            return m.count_drop(DropReason::Malformed);
+        };
+        let Some(sender) = self.senders.get(&from) else {
+            return m.count_drop(DropReason::NotActive);
+        };
+        match sender.node {
+            // Replicas that are not active forward nothing (fencing at the relay).
+            Some((_, false)) => return m.count_drop(DropReason::NotActive),
+            Some((node, true)) => {
+                let own_route = self
+                    .node_routes
+                    .get(&node)
+                    .and_then(|l| l.lookup(src))
+                    .is_some();
+                if src != sender.mesh_ip && !own_route {
+                    return m.count_drop(DropReason::Spoofed);
+                }
+            }
+            None if src != sender.mesh_ip => return m.count_drop(DropReason::Spoofed),
+            None => {}
+        }
+        let to = match self.dst.lookup(dst) {
+            Some(Target::Conn(c)) => c,
+            Some(Target::Node(n)) => match self.active.get(&n) {
+                Some(c) => *c,
+                None => return m.count_drop(DropReason::Unreachable),
+            },
+            None => return m.count_drop(DropReason::NoRoute),
+        };
+        let Some(conn) = self.conns.get(&to) else {
+            return m.count_drop(DropReason::Unreachable);
+        };
+        let len = pkt.len() as u64;
+        match conn.send_datagram(pkt) {
+            Ok(()) => {
+                m.packets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                m.bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(_) => m.count_drop(DropReason::SendFailed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lpm_prefers_longest() {
+        let mut l = Lpm::default();
+        l.insert("10.0.0.0/8".parse().unwrap(), 1);
+        l.insert("10.1.0.0/16".parse().unwrap(), 2);
+        l.insert("10.1.2.3/32".parse().unwrap(), 3);
+        assert_eq!(l.lookup([10, 9, 9, 9].into()), Some(1));
+        assert_eq!(l.lookup([10, 1, 9, 9].into()), Some(2));
+        assert_eq!(l.lookup([10, 1, 2, 3].into()), Some(3));
+        assert_eq!(l.lookup([11, 0, 0, 0].into()), None);
+        l.insert("0.0.0.0/0".parse().unwrap(), 0);
+        assert_eq!(l.lookup([11, 0, 0, 0].into()), Some(0));
+    }
+}

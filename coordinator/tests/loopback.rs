@@ -1,0 +1,385 @@
+//! End-to-end on loopback, no root: the real `meshgate-coordinator` binary, the real
+//! protocol client (`meshgate_proto::client`), the REST API over HTTP.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use meshgate_proto::client::{ConnectOptions, Session};
+use meshgate_proto::datagram::test_udp_packet;
+use meshgate_proto::{LanInfo, Role, Token};
+use serde_json::{Value, json};
+
+const LEASE_MS: u64 = 250;
+
+/// The coordinator process; killed (SIGKILL) on drop so a failing test leaves nothing.
+struct Coordinator {
+    child: Child,
+    api: SocketAddr,
+    quic: SocketAddr,
+    admin: String,
+}
+
+impl Coordinator {
+    fn start(dir: &Path, quic_port: u16) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate-coordinator"))
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args([
+                "--quic-listen",
+                &format!("127.0.0.1:{quic_port}"),
+                "--api-listen",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--lease-ms",
+                &LEASE_MS.to_string(),
+                "--heartbeat-ms",
+                "50",
+                "--name",
+                "test-colo",
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn coordinator");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut api, mut quic) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while api.is_none() || quic.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("coordinator did not print its addresses");
+            if let Some(a) = line.strip_prefix("api listening on ") {
+                api = a.parse().ok();
+            } else if let Some(q) = line.strip_prefix("quic listening on ") {
+                quic = q.parse().ok();
+            }
+        }
+        let admin = std::fs::read_to_string(dir.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            api: api.unwrap(),
+            quic: quic.unwrap(),
+            admin,
+        }
+    }
+
+    fn kill9(mut self) {
+        // Child::kill sends SIGKILL on Unix.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut s = TcpStream::connect(self.api).unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.admin,
+            body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status: u16 = resp[9..12].parse().unwrap();
+        let (_, body) = resp.split_once("\r\n\r\n").unwrap();
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, body);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
+        assert_eq!(v["success"], true);
+        v["result"].clone()
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn statuses(c: &Coordinator, node: &str) -> Vec<(String, String)> {
+    let v = c.ok("GET", &format!("/api/v1/nodes/{node}/connections"), None);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_owned(),
+                r["ha_status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn recv_within(s: &Session, d: Duration) -> Option<bytes::Bytes> {
+    tokio::time::timeout(d, s.recv_packet())
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
+fn lan(last: u8) -> Option<LanInfo> {
+    Some(LanInfo {
+        ip: Ipv4Addr::new(192, 168, 50, last),
+        mac: [2, 0, 0, 0, 0, last],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_failover_relay_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let quic_port = free_udp_port();
+    let c = Coordinator::start(&data, quic_port);
+
+    // Bad input is refused with a message and changes nothing.
+    assert_eq!(
+        c.call("POST", "/api/v1/nodes", Some(json!({"ha": true}))).0,
+        400
+    );
+    let node = c.ok(
+        "POST",
+        "/api/v1/nodes",
+        Some(json!({"name": "web-server", "ha": true})),
+    );
+    let node_id = node["id"].as_str().unwrap().to_owned();
+    let (st, err) = c.call("POST", "/api/v1/nodes", Some(json!({"name": "web-server"})));
+    assert_eq!(st, 409, "{err}");
+    let (st, err) = c.call(
+        "POST",
+        &format!("/api/v1/nodes/{node_id}/routes"),
+        Some(json!({"network": "192.168.50.1/24"})),
+    );
+    assert_eq!(st, 400);
+    assert!(
+        err["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("host bits"),
+        "{err}"
+    );
+    assert_eq!(
+        c.call(
+            "POST",
+            &format!("/api/v1/nodes/{node_id}/routes"),
+            Some(json!({"network": "100.96.5.0/24"}))
+        )
+        .0,
+        400
+    );
+    c.ok(
+        "POST",
+        &format!("/api/v1/nodes/{node_id}/routes"),
+        Some(json!({"network": "192.168.50.0/24", "comment": "lan"})),
+    );
+    assert_eq!(
+        c.ok("GET", "/api/v1/nodes", None).as_array().unwrap().len(),
+        1
+    );
+
+    let token = Token::decode(node["token"].as_str().unwrap()).unwrap();
+    assert_eq!(token.addrs, [c.quic.to_string()]);
+    let device = c.ok("POST", "/api/v1/devices", Some(json!({"name": "laptop"})));
+    let dev_token = Token::decode(device["token"].as_str().unwrap()).unwrap();
+    let dev_ip: Ipv4Addr = device["mesh_ip"].as_str().unwrap().parse().unwrap();
+
+    // Two replicas: the first is active, the second passive.
+    let a = Session::connect(
+        &token,
+        ConnectOptions {
+            lan: lan(2),
+            ..ConnectOptions::new("replica-a")
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.welcome().role, Role::Active);
+    let b = Session::connect(
+        &token,
+        ConnectOptions {
+            lan: lan(3),
+            ..ConnectOptions::new("replica-b")
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.welcome().role, Role::Standby);
+    assert_eq!(
+        b.welcome().active,
+        lan(2),
+        "standby learns the active's LAN identity"
+    );
+    assert_eq!(
+        b.welcome().routes.entries.len(),
+        2,
+        "mesh range + the node's route"
+    );
+    let (ip_a, ip_b) = (a.welcome().mesh_ip, b.welcome().mesh_ip);
+    assert_ne!(ip_a, ip_b);
+    let mut st = statuses(&c, &node_id);
+    st.sort();
+    assert_eq!(
+        st,
+        [
+            ("replica-a".into(), "active".into()),
+            ("replica-b".into(), "passive".into())
+        ]
+    );
+    poll("active lease on replica a", Duration::from_secs(2), || {
+        a.may_forward().then_some(())
+    })
+    .await;
+    assert!(!b.may_forward());
+
+    // A datagram from the device to a routed address reaches the active, not the standby.
+    let dev = Session::connect(&dev_token, ConnectOptions::new("laptop-1"))
+        .await
+        .unwrap();
+    assert_eq!(dev.welcome().mesh_ip, dev_ip);
+    let pkt = test_udp_packet(dev_ip, Ipv4Addr::new(192, 168, 50, 7), b"hello subnet");
+    dev.send_packet(&pkt).unwrap();
+    let got = recv_within(&a, Duration::from_secs(2))
+        .await
+        .expect("active got the packet");
+    assert_eq!(&got[..], &pkt[..]);
+    assert!(
+        recv_within(&b, Duration::from_millis(300)).await.is_none(),
+        "standby must not get it"
+    );
+    // A spoofed source is dropped and counted.
+    dev.send_packet(&test_udp_packet(
+        Ipv4Addr::new(100, 96, 9, 9),
+        Ipv4Addr::new(192, 168, 50, 7),
+        b"x",
+    ))
+    .unwrap();
+    assert!(recv_within(&a, Duration::from_millis(300)).await.is_none());
+    let stats = c.ok("GET", "/api/v1/stats", None);
+    assert_eq!(stats["drops"]["spoofed"], 1, "{stats}");
+    // The active's reply from inside its subnet reaches the device.
+    let reply = test_udp_packet(Ipv4Addr::new(192, 168, 50, 7), dev_ip, b"reply");
+    a.send_packet(&reply).unwrap();
+    assert_eq!(
+        &recv_within(&dev, Duration::from_secs(2))
+            .await
+            .expect("reply")[..],
+        &reply[..]
+    );
+
+    // Drop the active: the standby is promoted within the expiry time.
+    let dropped = Instant::now();
+    drop(a);
+    poll("promotion of replica b", Duration::from_secs(3), || {
+        (statuses(&c, &node_id) == [("replica-b".to_owned(), "active".to_owned())]).then_some(())
+    })
+    .await;
+    let took = dropped.elapsed();
+    eprintln!("failover observed after {took:?} (lease {LEASE_MS} ms)");
+    assert!(
+        took >= Duration::from_millis(LEASE_MS - 60),
+        "promoted before the old lease could expire: {took:?}"
+    );
+    assert!(
+        took <= Duration::from_millis(LEASE_MS + 200),
+        "failover too slow: {took:?}"
+    );
+    poll(
+        "replica b learns its promotion",
+        Duration::from_secs(1),
+        || (b.status().role == Role::Active).then_some(()),
+    )
+    .await;
+    dev.send_packet(&pkt).unwrap();
+    assert!(
+        recv_within(&b, Duration::from_secs(2)).await.is_some(),
+        "new active gets traffic"
+    );
+
+    // kill -9 and restart: nodes, routes, tokens and Mesh IPs are unchanged.
+    let before = (
+        c.ok("GET", "/api/v1/nodes", None),
+        c.ok("GET", &format!("/api/v1/nodes/{node_id}/routes"), None),
+        c.ok("GET", &format!("/api/v1/nodes/{node_id}/token"), None),
+        c.ok("GET", "/api/v1/devices", None),
+    );
+    assert_eq!(before.2, node["token"]);
+    drop((b, dev));
+    c.kill9();
+    let c = Coordinator::start(&data, quic_port);
+    let after = (
+        c.ok("GET", "/api/v1/nodes", None),
+        c.ok("GET", &format!("/api/v1/nodes/{node_id}/routes"), None),
+        c.ok("GET", &format!("/api/v1/nodes/{node_id}/token"), None),
+        c.ok("GET", "/api/v1/devices", None),
+    );
+    assert_eq!(before, after);
+    let b2 = Session::connect(&token, ConnectOptions::new("replica-b"))
+        .await
+        .unwrap();
+    let a2 = Session::connect(&token, ConnectOptions::new("replica-a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (a2.welcome().mesh_ip, b2.welcome().mesh_ip),
+        (ip_a, ip_b),
+        "Mesh IPs are stable"
+    );
+    assert_eq!(b2.welcome().role, Role::Active);
+    assert!(
+        b2.welcome().epoch > 2,
+        "epoch persisted across restart: {}",
+        b2.welcome().epoch
+    );
+
+    // Deleting the node revokes its token with a distinct error.
+    c.ok("DELETE", &format!("/api/v1/nodes/{node_id}"), None);
+    match Session::connect(&token, ConnectOptions::new("replica-c")).await {
+        Err(meshgate_proto::client::ClientError::Refused { code, .. }) => {
+            assert_eq!(code, meshgate_proto::RefuseCode::REVOKED_TOKEN)
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a deleted node's token was accepted"),
+    }
+}

@@ -6,6 +6,7 @@ pub mod dataplane;
 pub mod failover;
 pub mod garp;
 pub mod link_watch;
+pub mod mss;
 pub mod netlink;
 pub mod runtime;
 pub mod state_dir;

@@ -7,7 +7,11 @@ use meshgate_agent::{config::RunArgs, runtime, state_dir, status};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "meshgate-agent", version, about = "meshgate agent: a gateway node replica or a client device")]
+#[command(
+    name = "meshgate-agent",
+    version,
+    about = "meshgate agent: a gateway node replica or a client device"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,11 +34,18 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("MESHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("MESHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meshgate-agent: failed to start the async runtime: {e}");

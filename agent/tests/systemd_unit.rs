@@ -13,7 +13,10 @@ fn the_unit_verifies() {
     let env = dir.path().join("agent.env");
     std::fs::write(&env, ENV_EXAMPLE).expect("the temp dir is writable");
     let unit = UNIT
-        .replace("/usr/local/bin/meshgate-agent", env!("CARGO_BIN_EXE_meshgate-agent"))
+        .replace(
+            "/usr/local/bin/meshgate-agent",
+            env!("CARGO_BIN_EXE_meshgate-agent"),
+        )
         .replace("/etc/meshgate/agent.env", &env.display().to_string());
     let path = dir.path().join("meshgate-agent.service");
     std::fs::write(&path, unit).expect("the temp dir is writable");
@@ -24,8 +27,14 @@ fn the_unit_verifies() {
         .expect("systemd-analyze runs (cargo xtask setup installs systemd)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     // verify also checks the units this one pulls in; only lines about ours count.
-    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("meshgate-agent")).collect();
-    assert!(out.status.success() && ours.is_empty(), "systemd-analyze verify: {stderr}");
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("meshgate-agent"))
+        .collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
 }
 
 #[test]
@@ -36,9 +45,14 @@ fn the_example_env_sets_only_known_variables() {
         .expect("the agent binary runs");
     let help = String::from_utf8_lossy(&help.stdout);
     for line in ENV_EXAMPLE.lines().map(|l| l.trim_start_matches('#')) {
-        let Some((var, _)) = line.split_once('=') else { continue };
+        let Some((var, _)) = line.split_once('=') else {
+            continue;
+        };
         if var.starts_with("MESHGATE_") && var != "MESHGATE_LOG" {
-            assert!(help.contains(var), "{var} from agent.env.example is not a `run` flag's env var");
+            assert!(
+                help.contains(var),
+                "{var} from agent.env.example is not a `run` flag's env var"
+            );
         }
     }
 }

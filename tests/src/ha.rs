@@ -77,7 +77,10 @@ impl Ha {
         let host = Netns::new("host")?;
         lan.attach(&host, "eth0")?;
         host.ip(&format!("addr add {HOST_IP}/24 dev eth0"))?;
-        host.ip(&format!("route add 100.96.0.0/12 via {}", VIP.split('/').next().unwrap_or_default()))?;
+        host.ip(&format!(
+            "route add 100.96.0.0/12 via {}",
+            VIP.split('/').next().unwrap_or_default()
+        ))?;
         let mut list = Vec::new();
         for i in 0..replicas {
             let name = ((b'a' + i as u8) as char).to_string();
@@ -85,10 +88,24 @@ impl Ha {
             lan.attach(&ns, "eth1")?;
             let lan_ip = format!("192.168.50.{}", 11 + i);
             ns.ip(&format!("addr add {lan_ip}/24 dev eth1"))?;
-            list.push(Replica { name, ns, lan_ip, agent: None });
+            list.push(Replica {
+                name,
+                ns,
+                lan_ip,
+                agent: None,
+            });
         }
         let device = lab.host("device")?;
-        Ok(Self { replicas: list, device_agent: None, device, host, lan, node, device_token, lab })
+        Ok(Self {
+            replicas: list,
+            device_agent: None,
+            device,
+            host,
+            lan,
+            node,
+            device_token,
+            lab,
+        })
     }
 
     /// Starts replica `i`'s agent with extra flags and waits until it is connected.
@@ -96,20 +113,29 @@ impl Ha {
         let r = &self.replicas[i];
         let mut all = vec!["--lan-iface", "eth1", "--gateway-ip", VIP];
         all.extend_from_slice(flags);
-        let agent = self.lab.start_agent(&r.ns, &format!("replica-{}", r.name), &self.node.1, &all)?;
+        let agent =
+            self.lab
+                .start_agent(&r.ns, &format!("replica-{}", r.name), &self.node.1, &all)?;
         self.replicas[i].agent = Some(agent);
         Ok(())
     }
 
     /// Starts the device's agent and waits until it is connected.
     pub fn start_device(&mut self) -> anyhow::Result<()> {
-        self.device_agent = Some(self.lab.start_agent(&self.device, "device", &self.device_token, &[])?);
+        self.device_agent =
+            Some(
+                self.lab
+                    .start_agent(&self.device, "device", &self.device_token, &[])?,
+            );
         Ok(())
     }
 
     /// Replica `i`'s agent.
     pub fn agent(&self, i: usize) -> anyhow::Result<&Agent> {
-        self.replicas[i].agent.as_ref().context("replica agent not started")
+        self.replicas[i]
+            .agent
+            .as_ref()
+            .context("replica agent not started")
     }
 
     /// Replica `i`'s agent status.
@@ -119,14 +145,21 @@ impl Ha {
 
     /// Waits until replica `i`'s data plane is `forwarding`.
     pub fn wait_forwarding(&self, i: usize, forwarding: &str) -> anyhow::Result<serde_json::Value> {
-        self.agent(i)?.wait_forwarding(&self.replicas[i].ns, forwarding, SETTLE)
+        self.agent(i)?
+            .wait_forwarding(&self.replicas[i].ns, forwarding, SETTLE)
     }
 
     /// The device's Mesh IP.
     pub fn device_mesh_ip(&self) -> anyhow::Result<String> {
-        let agent = self.device_agent.as_ref().context("device agent not started")?;
+        let agent = self
+            .device_agent
+            .as_ref()
+            .context("device agent not started")?;
         let s = agent.status(&self.device)?;
-        s["mesh_ip"].as_str().map(str::to_owned).context("the device has no Mesh IP yet")
+        s["mesh_ip"]
+            .as_str()
+            .map(str::to_owned)
+            .context("the device has no Mesh IP yet")
     }
 
     /// Waits until `ns` can ping `dst` (one reply within a second, retried).
@@ -139,7 +172,13 @@ impl Ha {
 
 /// Sends `payload` over TCP from `client` to a listener in `server` at `ip:port`, and
 /// checks that it comes back echoed.
-pub fn tcp_echo(server: &Netns, client: &Netns, ip: &str, port: u16, payload: &[u8]) -> anyhow::Result<()> {
+pub fn tcp_echo(
+    server: &Netns,
+    client: &Netns,
+    ip: &str,
+    port: u16,
+    payload: &[u8],
+) -> anyhow::Result<()> {
     let bind = format!("{ip}:{port}");
     let listener = server.enter(|| TcpListener::bind(("0.0.0.0", port)))??;
     let echo = std::thread::spawn(move || -> anyhow::Result<()> {
@@ -166,7 +205,8 @@ pub fn tcp_echo(server: &Netns, client: &Netns, ip: &str, port: u16, payload: &[
     if received != payload {
         bail!("TCP echo returned different bytes");
     }
-    echo.join().map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
     Ok(())
 }
 
@@ -186,9 +226,15 @@ pub fn udp_echo(server: &Netns, client: &Netns, ip: &str, port: u16) -> anyhow::
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         s.send_to(b"meshgate-udp-probe", &target)?;
         let mut buf = [0u8; 64];
-        let (n, _) = s.recv_from(&mut buf).with_context(|| format!("no UDP echo from {target}"))?;
-        anyhow::ensure!(&buf[..n] == b"meshgate-udp-probe", "UDP echo returned different bytes");
+        let (n, _) = s
+            .recv_from(&mut buf)
+            .with_context(|| format!("no UDP echo from {target}"))?;
+        anyhow::ensure!(
+            &buf[..n] == b"meshgate-udp-probe",
+            "UDP echo returned different bytes"
+        );
         Ok(())
     })??;
-    echo.join().map_err(|_| anyhow::anyhow!("echo thread panicked"))?
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("echo thread panicked"))?
 }

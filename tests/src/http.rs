@@ -24,7 +24,9 @@ pub struct Response {
 impl Response {
     /// The envelope's `result`, or an error with the envelope's messages on failure.
     pub fn result(&self) -> anyhow::Result<&serde_json::Value> {
-        if !(200..300).contains(&self.status) || self.body["success"] != serde_json::Value::Bool(true) {
+        if !(200..300).contains(&self.status)
+            || self.body["success"] != serde_json::Value::Bool(true)
+        {
             bail!("API call failed with {}: {}", self.status, self.body);
         }
         Ok(&self.body["result"])
@@ -41,7 +43,11 @@ pub struct Api<'a> {
 impl<'a> Api<'a> {
     /// An API client for `addr` (`HOST:PORT`) inside `ns`.
     pub fn new(ns: &'a Netns, addr: &str, token: &str) -> Self {
-        Self { ns, addr: addr.to_owned(), token: token.trim().to_owned() }
+        Self {
+            ns,
+            addr: addr.to_owned(),
+            token: token.trim().to_owned(),
+        }
     }
 
     /// `GET path`.
@@ -60,7 +66,12 @@ impl<'a> Api<'a> {
     }
 
     /// Any call; `token: None` in [`Api::call_as`] sends no Authorization header.
-    pub fn call(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> anyhow::Result<Response> {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<Response> {
         self.call_as(Some(&self.token), method, path, body)
     }
 
@@ -73,7 +84,9 @@ impl<'a> Api<'a> {
         body: Option<&serde_json::Value>,
     ) -> anyhow::Result<Response> {
         let body = body.map(serde_json::Value::to_string).unwrap_or_default();
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.addr,
@@ -81,7 +94,8 @@ impl<'a> Api<'a> {
         );
         let addr = self.addr.clone();
         let raw = self.ns.enter(move || -> anyhow::Result<Vec<u8>> {
-            let mut stream = TcpStream::connect(&addr).with_context(|| format!("failed to connect to {addr}"))?;
+            let mut stream = TcpStream::connect(&addr)
+                .with_context(|| format!("failed to connect to {addr}"))?;
             stream.set_read_timeout(Some(Duration::from_secs(10)))?;
             stream.write_all(request.as_bytes())?;
             let mut raw = Vec::new();
@@ -94,21 +108,34 @@ impl<'a> Api<'a> {
 
 fn parse(raw: &[u8]) -> anyhow::Result<Response> {
     let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers in the response")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("no end of headers in the response")?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("no status code in the response")?;
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(body) } else { body.to_owned() };
-    Ok(Response { status, body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null) })
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(Response {
+        status,
+        body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    })
 }
 
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }
@@ -124,7 +151,8 @@ mod tests {
 
     #[test]
     fn parses_plain_and_chunked_responses() {
-        let plain = parse(b"HTTP/1.1 201 Created\r\ncontent-length: 16\r\n\r\n{\"success\":true}").unwrap();
+        let plain =
+            parse(b"HTTP/1.1 201 Created\r\ncontent-length: 16\r\n\r\n{\"success\":true}").unwrap();
         assert_eq!(plain.status, 201);
         assert_eq!(plain.body["success"], true);
         let chunked =

@@ -34,7 +34,10 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!("{name} is not built next to {}: run `cargo build --workspace` first", exe.display())
+    bail!(
+        "{name} is not built next to {}: run `cargo build --workspace` first",
+        exe.display()
+    )
 }
 
 /// The lab: a transport bridge and the coordinator's namespace, plus a scratch dir.
@@ -53,12 +56,22 @@ pub struct Lab {
 impl Lab {
     /// Creates the transport bridge and the coordinator's namespace (not started).
     pub fn new() -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("meshgate-lab-").tempdir().context("failed to create a temp dir")?;
+        let dir = tempfile::Builder::new()
+            .prefix("meshgate-lab-")
+            .tempdir()
+            .context("failed to create a temp dir")?;
         let wan = Lan::new("wan")?;
         let coord = Netns::new("coord")?;
         wan.attach(&coord, "eth0")?;
         coord.ip(&format!("addr add {COORDINATOR_IP}/24 dev eth0"))?;
-        Ok(Self { dir, wan, coord, coordinator: None, next_host: AtomicU8::new(10), extra_args: Vec::new() })
+        Ok(Self {
+            dir,
+            wan,
+            coord,
+            coordinator: None,
+            next_host: AtomicU8::new(10),
+            extra_args: Vec::new(),
+        })
     }
 
     /// Extra flags for every coordinator start (e.g. lease timings).
@@ -91,12 +104,15 @@ impl Lab {
         let log = self.log(&format!("coordinator-{starts}"));
         self.coordinator = Some(self.coord.spawn("coordinator", cmd, &log)?);
         wait_until(Duration::from_secs(20), "the coordinator's API", || {
-            if let Some(p) = self.coordinator.as_mut() {
-                if !p.is_running() {
-                    bail!("the coordinator exited: {}", p.log());
-                }
+            if let Some(p) = self.coordinator.as_mut()
+                && !p.is_running()
+            {
+                bail!("the coordinator exited: {}", p.log());
             }
-            Ok(self.api().map(|api| api.get("/ready").is_ok_and(|r| r.status == 200)).unwrap_or(false))
+            Ok(self
+                .api()
+                .map(|api| api.get("/ready").is_ok_and(|r| r.status == 200))
+                .unwrap_or(false))
         })
     }
 
@@ -107,33 +123,43 @@ impl Lab {
 
     /// The admin API client.
     pub fn api(&self) -> anyhow::Result<Api<'_>> {
-        let token = std::fs::read_to_string(self.data_dir().join("admin-token")).context("no admin-token yet")?;
+        let token = std::fs::read_to_string(self.data_dir().join("admin-token"))
+            .context("no admin-token yet")?;
         Ok(Api::new(&self.coord, API_ADDR, &token))
     }
 
     /// Creates a node; returns its id and token.
     pub fn create_node(&self, name: &str, ha: bool) -> anyhow::Result<(String, String)> {
-        let r = self.api()?.post("/api/v1/nodes", &json!({ "name": name, "ha": ha }))?;
+        let r = self
+            .api()?
+            .post("/api/v1/nodes", &json!({ "name": name, "ha": ha }))?;
         let result = r.result()?;
         Ok((str_field(result, "id")?, str_field(result, "token")?))
     }
 
     /// Advertises `network` through a node.
     pub fn add_route(&self, node_id: &str, network: &str) -> anyhow::Result<()> {
-        let r = self.api()?.post(&format!("/api/v1/nodes/{node_id}/routes"), &json!({ "network": network }))?;
+        let r = self.api()?.post(
+            &format!("/api/v1/nodes/{node_id}/routes"),
+            &json!({ "network": network }),
+        )?;
         r.result().map(|_| ())
     }
 
     /// Enrols a device; returns its id and token.
     pub fn create_device(&self, name: &str) -> anyhow::Result<(String, String)> {
-        let r = self.api()?.post("/api/v1/devices", &json!({ "name": name }))?;
+        let r = self
+            .api()?
+            .post("/api/v1/devices", &json!({ "name": name }))?;
         let result = r.result()?;
         Ok((str_field(result, "id")?, str_field(result, "token")?))
     }
 
     /// A node's replicas as the coordinator sees them (`connections`).
     pub fn connections(&self, node_id: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-        let r = self.api()?.get(&format!("/api/v1/nodes/{node_id}/connections"))?;
+        let r = self
+            .api()?
+            .get(&format!("/api/v1/nodes/{node_id}/connections"))?;
         Ok(r.result()?.as_array().cloned().unwrap_or_default())
     }
 
@@ -147,9 +173,22 @@ impl Lab {
     }
 
     /// Starts an agent in `ns` with `token` and extra flags; waits until it is connected.
-    pub fn start_agent(&self, ns: &Netns, name: &str, token: &str, flags: &[&str]) -> anyhow::Result<Agent> {
+    pub fn start_agent(
+        &self,
+        ns: &Netns,
+        name: &str,
+        token: &str,
+        flags: &[&str],
+    ) -> anyhow::Result<Agent> {
         let state_dir = self.dir.path().join(format!("state-{name}"));
-        let mut agent = Agent::spawn(ns, name, token, flags, &state_dir, &self.log(&format!("agent-{name}")))?;
+        let mut agent = Agent::spawn(
+            ns,
+            name,
+            token,
+            flags,
+            &state_dir,
+            &self.log(&format!("agent-{name}")),
+        )?;
         agent.wait_connected(ns)?;
         Ok(agent)
     }
@@ -166,19 +205,38 @@ pub struct Agent {
 
 impl Agent {
     /// Spawns `meshgate-agent run` in `ns`.
-    pub fn spawn(ns: &Netns, name: &str, token: &str, flags: &[&str], state_dir: &Path, log: &Path) -> anyhow::Result<Self> {
+    pub fn spawn(
+        ns: &Netns,
+        name: &str,
+        token: &str,
+        flags: &[&str],
+        state_dir: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let mut cmd = ns.command(bin("meshgate-agent")?);
-        cmd.args(["run", "--token", token]).arg("--state-dir").arg(state_dir).args(flags);
+        cmd.args(["run", "--token", token])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(flags);
         cmd.env("MESHGATE_LOG", "info,meshgate_agent=debug");
         let process = ns.spawn(name, cmd, log)?;
-        Ok(Self { process, state_dir: state_dir.to_owned(), name: name.to_owned() })
+        Ok(Self {
+            process,
+            state_dir: state_dir.to_owned(),
+            name: name.to_owned(),
+        })
     }
 
     /// The agent's `status --json`.
     pub fn status(&self, ns: &Netns) -> anyhow::Result<serde_json::Value> {
         let out = ns.exec(
             &bin("meshgate-agent")?.display().to_string(),
-            &["status", "--json", "--state-dir", &self.state_dir.display().to_string()],
+            &[
+                "status",
+                "--json",
+                "--state-dir",
+                &self.state_dir.display().to_string(),
+            ],
         )?;
         serde_json::from_str(&out).context("status --json is not JSON")
     }
@@ -186,27 +244,45 @@ impl Agent {
     /// Waits until the agent reports a connected session.
     pub fn wait_connected(&mut self, ns: &Netns) -> anyhow::Result<()> {
         let name = self.name.clone();
-        wait_until(Duration::from_secs(20), &format!("agent {name} to connect"), || {
-            if !self.process.is_running() {
-                bail!("agent {name} exited: {}", self.process.log());
-            }
-            Ok(self.status(ns).is_ok_and(|s| s["connection"]["state"] == "connected"))
-        })
+        wait_until(
+            Duration::from_secs(20),
+            &format!("agent {name} to connect"),
+            || {
+                if !self.process.is_running() {
+                    bail!("agent {name} exited: {}", self.process.log());
+                }
+                Ok(self
+                    .status(ns)
+                    .is_ok_and(|s| s["connection"]["state"] == "connected"))
+            },
+        )
     }
 
     /// Waits until the agent's data plane is in `forwarding` (`active`, `standby`, `fenced`).
-    pub fn wait_forwarding(&self, ns: &Netns, forwarding: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
-        wait_until_ok(timeout, &format!("agent {} to be {forwarding}", self.name), || {
-            let s = self.status(ns)?;
-            if s["forwarding"] == forwarding {
-                Ok(s)
-            } else {
-                bail!("it is {}", s["forwarding"])
-            }
-        })
+    pub fn wait_forwarding(
+        &self,
+        ns: &Netns,
+        forwarding: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        wait_until_ok(
+            timeout,
+            &format!("agent {} to be {forwarding}", self.name),
+            || {
+                let s = self.status(ns)?;
+                if s["forwarding"] == forwarding {
+                    Ok(s)
+                } else {
+                    bail!("it is {}", s["forwarding"])
+                }
+            },
+        )
     }
 }
 
 fn str_field(v: &serde_json::Value, field: &str) -> anyhow::Result<String> {
-    v[field].as_str().map(str::to_owned).with_context(|| format!("no `{field}` in {v}"))
+    v[field]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no `{field}` in {v}"))
 }

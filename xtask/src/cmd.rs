@@ -1,16 +1,17 @@
 //! Running commands: print what runs, fail with the command line when it fails.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Instant,
-};
+use std::{path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{Context, bail};
 
-/// The workspace root (xtask lives one level below it).
+/// The workspace root (xtask lives one level below it). `cargo run` sets
+/// `CARGO_MANIFEST_DIR` at run time too; that wins over the compile-time value, so a
+/// binary built from another checkout (a shared target dir) still acts on this one.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest
         .parent()
         .expect("xtask/ has a parent")
         .to_path_buf()

@@ -95,6 +95,8 @@ pub struct Dataplane {
     routes: BTreeMap<IpNet, u32>,
     local: BTreeSet<IpNet>,
     attachment: Option<Attachment>,
+    /// Whether XDP clamps the TCP MSS (see [`Dataplane::set_mss_clamp`]).
+    clamp_mss: bool,
 }
 
 impl Dataplane {
@@ -125,6 +127,7 @@ impl Dataplane {
             routes: BTreeMap::new(),
             local: BTreeSet::new(),
             attachment: None,
+            clamp_mss: true,
         };
         dataplane.write_config()?;
         Ok(dataplane)
@@ -254,9 +257,33 @@ impl Dataplane {
         }
         self.config.tunnel_ifindex = ifindex;
         self.config.tunnel_mtu = mtu;
-        // Both fit: mtu ≤ 65535 and ≥ 576 > 60.
-        self.config.mss_v4 = (mtu - TCP_IPV4_OVERHEAD) as u16;
-        self.config.mss_v6 = (mtu - TCP_IPV6_OVERHEAD) as u16;
+        self.write_mss()
+    }
+
+    /// Turns the TCP MSS clamp at XDP on (the default) or off. The agent turns it off
+    /// in the kernel-route tunnel mode and clamps in the kernel's forward path instead
+    /// (`crate::mss`): an incremental checksum update here corrupts `CHECKSUM_PARTIAL`
+    /// packets (veth, VMs, containers), whose checksum field holds only the
+    /// pseudo-header sum.
+    pub fn set_mss_clamp(&mut self, on: bool) -> Result<(), DataplaneError> {
+        self.clamp_mss = on;
+        self.write_mss()
+    }
+
+    fn write_mss(&mut self) -> Result<(), DataplaneError> {
+        let mtu = self.config.tunnel_mtu;
+        // 0 disables the clamp in the program. Both fit: set_tunnel keeps 576 ≤ mtu ≤ 65535.
+        let on = self.clamp_mss && mtu != 0;
+        self.config.mss_v4 = if on {
+            (mtu - TCP_IPV4_OVERHEAD) as u16
+        } else {
+            0
+        };
+        self.config.mss_v6 = if on {
+            (mtu - TCP_IPV6_OVERHEAD) as u16
+        } else {
+            0
+        };
         self.write_config()
     }
 

@@ -14,7 +14,11 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff whose first delay is about `min`.
     pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max, next: min }
+        Self {
+            min,
+            max,
+            next: min,
+        }
     }
 
     /// The next delay: a random point in `[d/2, d]`, after which `d` doubles up to `max`.

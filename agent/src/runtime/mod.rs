@@ -40,7 +40,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let replica_id = state_dir::replica_id(&args.state_dir)?;
     let mut plumbing = Plumbing::setup(&args, mode, &token).await?;
-    let result = Agent::new(&args, token, mode, replica_id, &plumbing).supervise(&mut plumbing).await;
+    let result = Agent::new(&args, token, mode, replica_id, &plumbing)
+        .supervise(&mut plumbing)
+        .await;
     plumbing.cleanup().await;
     result
 }
@@ -69,7 +71,13 @@ struct Agent {
 }
 
 impl Agent {
-    fn new(args: &RunArgs, token: Token, mode: Mode, replica_id: String, plumbing: &Plumbing) -> Self {
+    fn new(
+        args: &RunArgs,
+        token: Token,
+        mode: Mode,
+        replica_id: String,
+        plumbing: &Plumbing,
+    ) -> Self {
         let report = StatusReport {
             kind: if mode == Mode::Node { "node" } else { "device" }.into(),
             replica_id: replica_id.clone(),
@@ -102,7 +110,8 @@ impl Agent {
     }
 
     async fn supervise(&mut self, plumbing: &mut Plumbing) -> anyhow::Result<()> {
-        let _status = status::serve(self.status_socket.clone(), self.status_source(plumbing)).await?;
+        let _status =
+            status::serve(self.status_socket.clone(), self.status_source(plumbing)).await?;
         let initial = self.core.initial_actions();
         plumbing.apply(&initial, 0).await?;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -130,7 +139,10 @@ impl Agent {
                     }
                 }
                 Err(ClientError::Refused { code, reason }) if is_fatal(code) => {
-                    bail!("the coordinator refused this agent: {reason} (code {})", code.0)
+                    bail!(
+                        "the coordinator refused this agent: {reason} (code {})",
+                        code.0
+                    )
                 }
                 Err(e) => {
                     warn!(attempt, error = %e, "cannot reach the coordinator; retrying");
@@ -140,7 +152,10 @@ impl Agent {
             // Wait before the next attempt, fencing on time if a lease runs out meanwhile.
             let wake = tokio::time::Instant::now() + backoff.next_delay();
             loop {
-                let deadline = self.core.next_deadline().map(tokio::time::Instant::from_std);
+                let deadline = self
+                    .core
+                    .next_deadline()
+                    .map(tokio::time::Instant::from_std);
                 tokio::select! {
                     _ = tokio::time::sleep_until(wake) => break,
                     _ = sleep_until_opt(deadline) => { self.feed(plumbing, None, Event::Tick).await?; }
@@ -151,13 +166,23 @@ impl Agent {
     }
 
     /// Runs one session until it ends.
-    async fn drive(&mut self, mut session: Session, plumbing: &mut Plumbing) -> anyhow::Result<Outcome> {
+    async fn drive(
+        &mut self,
+        mut session: Session,
+        plumbing: &mut Plumbing,
+    ) -> anyhow::Result<Outcome> {
         let welcome = session.welcome().clone();
         info!(
             name = %welcome.name, mesh_ip = %welcome.mesh_ip, role = ?welcome.role, epoch = welcome.epoch,
             "registered with the coordinator"
         );
-        let mtu = plumbing.configure_tun(welcome.mesh_ip, welcome.mesh_cidr, session.max_packet_size()).await?;
+        let mtu = plumbing
+            .configure_tun(
+                welcome.mesh_ip,
+                welcome.mesh_cidr,
+                session.max_packet_size(),
+            )
+            .await?;
         {
             let mut r = lock(&self.report);
             r.name = Some(welcome.name.clone());
@@ -167,12 +192,20 @@ impl Agent {
         }
         *lock(&self.conn) = Some(session.connection().clone());
         self.set_connection("connected", None);
-        let _pump = pump::start(plumbing.tun(), session.connection().clone(), self.counters.clone());
+        let _pump = pump::start(
+            plumbing.tun(),
+            session.connection().clone(),
+            self.counters.clone(),
+        );
         let mut status_rx = session.subscribe();
         let first = status_rx.borrow_and_update().clone();
-        self.feed_status(plumbing, &session, &first, welcome.id).await?;
+        self.feed_status(plumbing, &session, &first, welcome.id)
+            .await?;
         let outcome = loop {
-            let deadline = self.core.next_deadline().map(tokio::time::Instant::from_std);
+            let deadline = self
+                .core
+                .next_deadline()
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 changed = status_rx.changed() => {
                     if changed.is_err() {
@@ -204,7 +237,8 @@ impl Agent {
                     break Outcome::Shutdown;
                 }
             }
-            if self.core.draining() && !matches!(self.core.forwarding(), Forwarding::Active { .. }) {
+            if self.core.draining() && !matches!(self.core.forwarding(), Forwarding::Active { .. })
+            {
                 break Outcome::Shutdown;
             }
         };
@@ -223,22 +257,36 @@ impl Agent {
         s: &Status,
         own_id: meshgate_proto::Id,
     ) -> anyhow::Result<()> {
-        let (own, routes): (Vec<_>, Vec<_>) = s.routes.entries.iter().partition(|e| e.node == Some(own_id));
+        let (own, routes): (Vec<_>, Vec<_>) = s
+            .routes
+            .entries
+            .iter()
+            .partition(|e| e.node == Some(own_id));
         let own: Vec<Ipv4Net> = own.iter().map(|e| e.network).collect();
         if own != self.local_prefixes {
             plumbing.set_local_prefixes(&own)?;
             self.local_prefixes = own;
         }
         let routes = routes.iter().map(|e| e.network).collect();
-        self.feed(plumbing, Some(session), Event::Routes(routes)).await?;
+        self.feed(plumbing, Some(session), Event::Routes(routes))
+            .await?;
         plumbing.set_lease_deadline(s.lease_deadline.filter(|_| s.role == Role::Active));
-        let event =
-            Event::Status { role: s.role, epoch: s.epoch, active: s.active, lease_deadline: s.lease_deadline };
+        let event = Event::Status {
+            role: s.role,
+            epoch: s.epoch,
+            active: s.active,
+            lease_deadline: s.lease_deadline,
+        };
         self.feed(plumbing, Some(session), event).await
     }
 
     /// Feeds one event to the core and applies its steps.
-    async fn feed(&mut self, plumbing: &mut Plumbing, session: Option<&Session>, event: Event) -> anyhow::Result<()> {
+    async fn feed(
+        &mut self,
+        plumbing: &mut Plumbing,
+        session: Option<&Session>,
+        event: Event,
+    ) -> anyhow::Result<()> {
         let actions = self.core.handle(Instant::now(), event);
         for action in &actions {
             if let Action::RequestHandover(reason) = action {
@@ -276,7 +324,11 @@ impl Agent {
 
     /// The closure `status` calls: the stored report plus live lease, RTT and counters.
     fn status_source(&self, plumbing: &Plumbing) -> Arc<dyn Fn() -> StatusReport + Send + Sync> {
-        let (report, counters, conn) = (self.report.clone(), self.counters.clone(), self.conn.clone());
+        let (report, counters, conn) = (
+            self.report.clone(),
+            self.counters.clone(),
+            self.conn.clone(),
+        );
         let xdp = plumbing.counter_source();
         let lease = plumbing.lease_source();
         let mode = self.mode;
@@ -286,8 +338,12 @@ impl Agent {
                 .filter(|_| r.forwarding == "active" && mode == Mode::Node)
                 .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64);
             r.connection.rtt_ms = lock(&conn).as_ref().map(|c| c.rtt().as_secs_f64() * 1000.0);
-            r.counters.tun_to_mesh = counters.tun_to_mesh.load(std::sync::atomic::Ordering::Relaxed);
-            r.counters.mesh_to_tun = counters.mesh_to_tun.load(std::sync::atomic::Ordering::Relaxed);
+            r.counters.tun_to_mesh = counters
+                .tun_to_mesh
+                .load(std::sync::atomic::Ordering::Relaxed);
+            r.counters.mesh_to_tun = counters
+                .mesh_to_tun
+                .load(std::sync::atomic::Ordering::Relaxed);
             r.counters.dropped = counters.dropped();
             if let Some((verdicts, routes)) = xdp() {
                 r.counters.xdp_verdicts = verdicts;

@@ -23,7 +23,10 @@ use crate::{
     failover::{Action, Mode, Table},
     garp,
     link_watch::{LinkState, LinkWatch},
-    netlink::{self, DesiredRouting, Netlink, Routing, RoutingConfig, StandbyPath, Table as RtTable},
+    mss,
+    netlink::{
+        self, DesiredRouting, Netlink, Routing, RoutingConfig, StandbyPath, Table as RtTable,
+    },
     status::{Flip, StatusReport},
     sysctl::Sysctls,
     tun::Tun,
@@ -39,7 +42,8 @@ struct Lan {
 }
 
 /// Reads the XDP counters for `status`: per verdict and per route.
-pub type CounterSource = Arc<dyn Fn() -> Option<(BTreeMap<String, u64>, BTreeMap<String, u64>)> + Send + Sync>;
+pub type CounterSource =
+    Arc<dyn Fn() -> Option<(BTreeMap<String, u64>, BTreeMap<String, u64>)> + Send + Sync>;
 
 /// The agent's kernel state. See the module docs.
 pub struct Plumbing {
@@ -73,25 +77,49 @@ impl Plumbing {
                 None
             }
         };
-        let tun = Tun::create(&args.tun, datagram::SAFE_TUN_MTU as u32)
-            .with_context(|| format!("failed to create the TUN device {} (is /dev/net/tun there?)", args.tun))?;
+        let tun = Tun::create(&args.tun, datagram::SAFE_TUN_MTU as u32).with_context(|| {
+            format!(
+                "failed to create the TUN device {} (is /dev/net/tun there?)",
+                args.tun
+            )
+        })?;
         let mut sysctls = Sysctls::new();
-        sysctls.enable_forwarding().context("failed to enable IPv4 forwarding")?;
-        sysctls.loose_rp_filter(tun.name()).context("failed to set rp_filter on the TUN")?;
+        sysctls
+            .enable_forwarding()
+            .context("failed to enable IPv4 forwarding")?;
+        sysctls
+            .loose_rp_filter(tun.name())
+            .context("failed to set rp_filter on the TUN")?;
         if let Some(lan) = &lan {
-            sysctls.disable_redirects(&lan.iface).context("failed to disable ICMP redirects on the LAN")?;
+            sysctls
+                .disable_redirects(&lan.iface)
+                .context("failed to disable ICMP redirects on the LAN")?;
         }
         let desired = DesiredRouting {
             prefixes: Vec::new(),
             tun: tun.name().to_owned(),
-            standby: if mode == Mode::Node { StandbyPath::Unreachable } else { StandbyPath::Empty },
+            standby: if mode == Mode::Node {
+                StandbyPath::Unreachable
+            } else {
+                StandbyPath::Empty
+            },
             mesh_ip: None,
             coordinator: coordinator_ip(token),
-            selected: if mode == Mode::Node { RtTable::Standby } else { RtTable::Active },
+            selected: if mode == Mode::Node {
+                RtTable::Standby
+            } else {
+                RtTable::Active
+            },
         };
         let mut routing = Routing::new(nl.clone(), config);
-        let report = routing.reconcile(&desired).await.context("failed to set up the routing tables")?;
-        info!(?report, "routing tables reconciled with what a previous run left");
+        let report = routing
+            .reconcile(&desired)
+            .await
+            .context("failed to set up the routing tables")?;
+        info!(
+            ?report,
+            "routing tables reconciled with what a previous run left"
+        );
         let (dataplane, xdp_mode) = match &lan {
             Some(lan) => load_xdp(args.xdp_mode, lan, &tun)?,
             None => (None, "off"),
@@ -114,7 +142,10 @@ impl Plumbing {
 
     /// The LAN identity a node replica registers with.
     pub fn lan_info(&self) -> Option<LanInfo> {
-        self.lan.as_ref().map(|l| LanInfo { ip: l.ip, mac: l.mac })
+        self.lan.as_ref().map(|l| LanInfo {
+            ip: l.ip,
+            mac: l.mac,
+        })
     }
 
     /// The TUN device, shared with the packet pump.
@@ -134,7 +165,11 @@ impl Plumbing {
 
     /// The static part of the status report.
     pub fn report(&self) -> StatusReport {
-        StatusReport { xdp_mode: self.xdp_mode.into(), tun: self.tun.name().into(), ..Default::default() }
+        StatusReport {
+            xdp_mode: self.xdp_mode.into(),
+            tun: self.tun.name().into(),
+            ..Default::default()
+        }
     }
 
     /// Gives the TUN the Mesh IP and the largest MTU the QUIC path carries; returns the MTU.
@@ -145,7 +180,9 @@ impl Plumbing {
         max_datagram: Option<usize>,
     ) -> anyhow::Result<u32> {
         // A datagram holds exactly one IP packet, so the MTU is what fits, never more.
-        let mtu = max_datagram.map_or(datagram::SAFE_TUN_MTU as u32, |m| m.min(datagram::MAX_PACKET) as u32);
+        let mtu = max_datagram.map_or(datagram::SAFE_TUN_MTU as u32, |m| {
+            m.min(datagram::MAX_PACKET) as u32
+        });
         self.tun.set_mtu(mtu).context("failed to set the TUN MTU")?;
         // The Mesh IP as a /32: the mesh range itself is routed by our tables, so the
         // address must not add a connected route to `main` that bypasses them.
@@ -156,12 +193,18 @@ impl Plumbing {
             .context("failed to put the Mesh IP on the TUN")?;
         if self.desired.mesh_ip != Some(IpAddr::V4(mesh_ip)) {
             self.desired.mesh_ip = Some(IpAddr::V4(mesh_ip));
-            self.routing.reconcile(&self.desired).await.context("failed to install the own-source rule")?;
+            self.routing
+                .reconcile(&self.desired)
+                .await
+                .context("failed to install the own-source rule")?;
         }
         let _ = mesh_cidr;
         if let Some(dp) = &self.dataplane {
-            lock(dp).set_tunnel(self.tun.index(), mtu).context("failed to tell XDP the tunnel MTU")?;
+            lock(dp)
+                .set_tunnel(self.tun.index(), mtu)
+                .context("failed to tell XDP the tunnel MTU")?;
         }
+        mss::apply(self.tun.name(), mtu).context("failed to install the TCP MSS clamp")?;
         Ok(mtu)
     }
 
@@ -169,7 +212,9 @@ impl Plumbing {
     pub fn set_local_prefixes(&mut self, prefixes: &[Ipv4Net]) -> anyhow::Result<()> {
         if let Some(dp) = &self.dataplane {
             let nets: Vec<IpNet> = prefixes.iter().copied().map(IpNet::V4).collect();
-            lock(dp).set_local_prefixes(&nets).context("failed to write the local prefixes to XDP")?;
+            lock(dp)
+                .set_local_prefixes(&nets)
+                .context("failed to write the local prefixes to XDP")?;
         }
         Ok(())
     }
@@ -205,8 +250,15 @@ impl Plumbing {
                 steps.push((name, micros(step.elapsed())));
             }
         }
-        let flipped = actions.iter().any(|a| matches!(a, Action::SelectTable(_) | Action::AcquireVip | Action::ReleaseVip));
-        let (Some(to), true) = (to, flipped) else { return Ok(None) };
+        let flipped = actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::SelectTable(_) | Action::AcquireVip | Action::ReleaseVip
+            )
+        });
+        let (Some(to), true) = (to, flipped) else {
+            return Ok(None);
+        };
         let duration_us = micros(started.elapsed());
         info!(epoch, to = ?to, duration_us, steps = ?steps, "flip applied");
         Ok(Some(Flip {
@@ -214,7 +266,9 @@ impl Plumbing {
             epoch,
             duration_us,
             steps,
-            at_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            at_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }))
     }
 
@@ -222,32 +276,49 @@ impl Plumbing {
         Ok(Some(match action {
             Action::InstallRoutes(routes) => {
                 self.desired.prefixes = routes.iter().copied().map(IpNet::V4).collect();
-                self.routing.reconcile(&self.desired).await.context("failed to install the mesh routes")?;
+                self.routing
+                    .reconcile(&self.desired)
+                    .await
+                    .context("failed to install the mesh routes")?;
                 if let Some(dp) = &self.dataplane {
                     let ids = self.assign_route_ids();
-                    lock(dp).replace_routes(&ids).context("failed to write the mesh routes to XDP")?;
+                    lock(dp)
+                        .replace_routes(&ids)
+                        .context("failed to write the mesh routes to XDP")?;
                 }
                 "routes".into()
             }
             Action::SetActivePeer(peer) => {
                 self.desired.standby = match (peer, &self.lan) {
-                    (Some(p), Some(lan)) => StandbyPath::Via { gateway: p.ip, iface: lan.iface.clone() },
+                    (Some(p), Some(lan)) => StandbyPath::Via {
+                        gateway: p.ip,
+                        iface: lan.iface.clone(),
+                    },
                     _ => StandbyPath::Unreachable,
                 };
-                self.routing.reconcile(&self.desired).await.context("failed to point the standby table at the active")?;
+                self.routing
+                    .reconcile(&self.desired)
+                    .await
+                    .context("failed to point the standby table at the active")?;
                 if let (Some(dp), Some(p)) = (&self.dataplane, peer) {
-                    lock(dp).set_active_mac(p.mac).context("failed to write the active's MAC to XDP")?;
+                    lock(dp)
+                        .set_active_mac(p.mac)
+                        .context("failed to write the active's MAC to XDP")?;
                 }
                 "standby-peer".into()
             }
             Action::SetXdpRole { role, epoch } => {
-                let Some(dp) = &self.dataplane else { return Ok(None) };
+                let Some(dp) = &self.dataplane else {
+                    return Ok(None);
+                };
                 let xdp_role = match role {
                     Role::Active => XdpRole::Active,
                     Role::Standby => XdpRole::Standby,
                     Role::Fenced => XdpRole::Fenced,
                 };
-                lock(dp).set_role(xdp_role, *epoch).context("failed to set the XDP role")?;
+                lock(dp)
+                    .set_role(xdp_role, *epoch)
+                    .context("failed to set the XDP role")?;
                 "xdp-role".into()
             }
             Action::SelectTable(table) => {
@@ -256,11 +327,16 @@ impl Plumbing {
                     Table::Standby => RtTable::Standby,
                 };
                 self.desired.selected = to;
-                self.routing.flip(to).await.context("failed to flip the routing table")?;
+                self.routing
+                    .flip(to)
+                    .await
+                    .context("failed to flip the routing table")?;
                 "route-flip".into()
             }
             Action::AcquireVip => {
-                let Some((iface, vip)) = self.vip() else { return Ok(None) };
+                let Some((iface, vip)) = self.vip() else {
+                    return Ok(None);
+                };
                 self.nl
                     .add_vip(&iface, vip, self.routing.config().protocol)
                     .await
@@ -269,15 +345,22 @@ impl Plumbing {
                 // Announce in the background: the frames are spaced over a few hundred ms
                 // and the flip must not wait for them.
                 tokio::spawn(async move {
-                    if let Err(e) = garp::announce(&iface, vip.addr(), garp::GarpConfig::default()).await {
+                    if let Err(e) =
+                        garp::announce(&iface, vip.addr(), garp::GarpConfig::default()).await
+                    {
                         warn!(error = %e, iface = %iface, "gratuitous ARP failed");
                     }
                 });
                 "vip-acquire".into()
             }
             Action::ReleaseVip => {
-                let Some((iface, vip)) = self.vip() else { return Ok(None) };
-                self.nl.remove_vip(&iface, vip).await.context("failed to remove the VIP")?;
+                let Some((iface, vip)) = self.vip() else {
+                    return Ok(None);
+                };
+                self.nl
+                    .remove_vip(&iface, vip)
+                    .await
+                    .context("failed to remove the VIP")?;
                 self.vip_held = false;
                 "vip-release".into()
             }
@@ -296,7 +379,9 @@ impl Plumbing {
         ids.retain(|net, _| self.desired.prefixes.contains(net));
         for net in &self.desired.prefixes {
             if !ids.contains_key(net) {
-                let next = (0..).find(|id| !ids.values().any(|v| v == id)).expect("ids are finite");
+                let next = (0..)
+                    .find(|id| !ids.values().any(|v| v == id))
+                    .expect("ids are finite");
                 ids.insert(*net, next);
             }
         }
@@ -305,7 +390,9 @@ impl Plumbing {
 
     /// The next change of the LAN link (up or down); never resolves without a LAN.
     pub async fn link_event(&mut self) -> bool {
-        let Some(lan) = &mut self.lan else { return std::future::pending().await };
+        let Some(lan) = &mut self.lan else {
+            return std::future::pending().await;
+        };
         match lan.watch.changed().await {
             Some(state) => state == LinkState::Up,
             None => std::future::pending().await,
@@ -342,16 +429,18 @@ impl Plumbing {
     /// and the sysctls it changed. The TUN goes when its fd closes. Errors are logged:
     /// cleanup does as much as it can.
     pub async fn cleanup(mut self) {
-        if let Some(dp) = self.dataplane.take() {
-            if let Err(e) = lock(&dp).detach() {
-                warn!(error = %e, "failed to detach XDP");
-            }
+        if let Some(dp) = self.dataplane.take()
+            && let Err(e) = lock(&dp).detach()
+        {
+            warn!(error = %e, "failed to detach XDP");
         }
-        if self.mode == Mode::Node && self.vip().is_some() {
-            if let Err(e) = self.apply_one(&Action::ReleaseVip).await {
-                warn!(error = %e, "failed to release the VIP");
-            }
+        if self.mode == Mode::Node
+            && self.vip().is_some()
+            && let Err(e) = self.apply_one(&Action::ReleaseVip).await
+        {
+            warn!(error = %e, "failed to release the VIP");
         }
+        mss::remove();
         match self.routing.cleanup().await {
             Ok(report) => info!(?report, "removed the agent's routes, rules and addresses"),
             Err(e) => warn!(error = %e, "failed to remove the agent's routes and rules"),
@@ -368,7 +457,9 @@ async fn lan_side(nl: &Netlink, args: &RunArgs, proto: u8) -> anyhow::Result<Lan
         bail!("a node replica needs --lan-iface: the interface facing the advertised subnet")
     };
     let index = nl.link_index(&iface).await.map_err(|e| match e {
-        netlink::Error::NoSuchInterface(_) => anyhow::anyhow!("--lan-iface {iface}: no such interface"),
+        netlink::Error::NoSuchInterface(_) => {
+            anyhow::anyhow!("--lan-iface {iface}: no such interface")
+        }
         other => anyhow::Error::new(other).context(format!("failed to look up {iface}")),
     })?;
     let ip = nl
@@ -381,26 +472,50 @@ async fn lan_side(nl: &Netlink, args: &RunArgs, proto: u8) -> anyhow::Result<Lan
             IpNet::V4(n) if Some(n.addr()) != args.gateway_ip.map(|v| v.addr()) => Some(n.addr()),
             _ => None,
         })
-        .with_context(|| format!("--lan-iface {iface} has no IPv4 address of its own: give it one"))?;
+        .with_context(|| {
+            format!("--lan-iface {iface} has no IPv4 address of its own: give it one")
+        })?;
     if let Some(vip) = args.gateway_ip {
-        nl.check_vip(&iface, vip, proto).await.map_err(|e| anyhow::anyhow!("--gateway-ip {vip}: {e}"))?;
+        nl.check_vip(&iface, vip, proto)
+            .await
+            .map_err(|e| anyhow::anyhow!("--gateway-ip {vip}: {e}"))?;
     }
-    let mac = garp::interface_mac(&iface).with_context(|| format!("failed to read the MAC of {iface}"))?;
-    let watch = LinkWatch::new(&iface).await.with_context(|| format!("failed to watch the link of {iface}"))?;
-    Ok(Lan { iface, ip, mac, vip: args.gateway_ip, watch })
+    let mac = garp::interface_mac(&iface)
+        .with_context(|| format!("failed to read the MAC of {iface}"))?;
+    let watch = LinkWatch::new(&iface)
+        .await
+        .with_context(|| format!("failed to watch the link of {iface}"))?;
+    Ok(Lan {
+        iface,
+        ip,
+        mac,
+        vip: args.gateway_ip,
+        watch,
+    })
 }
 
 /// Loads XDP on the LAN interface per `--xdp-mode`; returns the handle and the mode in
 /// effect. The program starts fenced.
-fn load_xdp(mode: XdpMode, lan: &Lan, tun: &Tun) -> anyhow::Result<(Option<Dataplane>, &'static str)> {
+fn load_xdp(
+    mode: XdpMode,
+    lan: &Lan,
+    tun: &Tun,
+) -> anyhow::Result<(Option<Dataplane>, &'static str)> {
     if mode == XdpMode::Off {
         info!("XDP off: the kernel's routing tables alone carry the traffic");
         return Ok((None, "off"));
     }
     let mut dp = Dataplane::load().context("failed to load the XDP program")?;
-    dp.set_role(XdpRole::Fenced, 0).context("failed to fence XDP before attaching")?;
-    dp.set_own_mac(lan.mac).context("failed to write the own MAC to XDP")?;
-    dp.set_tunnel(tun.index(), datagram::SAFE_TUN_MTU as u32).context("failed to write the tunnel to XDP")?;
+    dp.set_role(XdpRole::Fenced, 0)
+        .context("failed to fence XDP before attaching")?;
+    dp.set_own_mac(lan.mac)
+        .context("failed to write the own MAC to XDP")?;
+    dp.set_tunnel(tun.index(), datagram::SAFE_TUN_MTU as u32)
+        .context("failed to write the tunnel to XDP")?;
+    // Packets reach the TUN through the kernel (the default tunnel mode), which clamps
+    // the MSS correctly for every checksum state; see `crate::mss`.
+    dp.set_mss_clamp(false)
+        .context("failed to configure the XDP MSS clamp")?;
     let used = match mode {
         XdpMode::Native => {
             dp.attach(&lan.iface, AyaXdpMode::Driver)
@@ -413,7 +528,10 @@ fn load_xdp(mode: XdpMode, lan: &Lan, tun: &Tun) -> anyhow::Result<(Option<Datap
             "skb"
         }
         XdpMode::Auto | XdpMode::Off => {
-            match dp.attach_auto(&lan.iface).with_context(|| format!("failed to attach XDP to {}", lan.iface))? {
+            match dp
+                .attach_auto(&lan.iface)
+                .with_context(|| format!("failed to attach XDP to {}", lan.iface))?
+            {
                 AyaXdpMode::Skb => "skb",
                 _ => "native",
             }
@@ -425,7 +543,11 @@ fn load_xdp(mode: XdpMode, lan: &Lan, tun: &Tun) -> anyhow::Result<(Option<Datap
 
 /// The coordinator's IP from the token, for the rule that keeps it out of the tunnel.
 fn coordinator_ip(token: &Token) -> Option<IpAddr> {
-    token.addrs.first().and_then(|a| a.parse::<SocketAddr>().ok()).map(|s| s.ip())
+    token
+        .addrs
+        .first()
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .map(|s| s.ip())
 }
 
 fn micros(d: Duration) -> u64 {

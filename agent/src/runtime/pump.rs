@@ -76,7 +76,9 @@ pub fn start(tun: Arc<Tun>, conn: quinn::Connection, counters: Arc<PumpCounters>
                 };
                 match conn.send_datagram(bytes::Bytes::copy_from_slice(&buf[..n])) {
                     Ok(()) => counters.tun_to_mesh.fetch_add(1, Ordering::Relaxed),
-                    Err(quinn::SendDatagramError::TooLarge) => counters.too_big.fetch_add(1, Ordering::Relaxed),
+                    Err(quinn::SendDatagramError::TooLarge) => {
+                        counters.too_big.fetch_add(1, Ordering::Relaxed)
+                    }
                     Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
                     Err(_) => counters.send_failed.fetch_add(1, Ordering::Relaxed),
                 };
@@ -91,5 +93,7 @@ pub fn start(tun: Arc<Tun>, conn: quinn::Connection, counters: Arc<PumpCounters>
             };
         }
     });
-    Pump { tasks: [outbound, inbound] }
+    Pump {
+        tasks: [outbound, inbound],
+    }
 }

@@ -1,4 +1,13 @@
 //! The meshgate agent as a library: the binary is a thin CLI over these modules, and the
 //! namespace tests drive them directly.
 
+pub mod config;
 pub mod dataplane;
+pub mod failover;
+pub mod garp;
+pub mod link_watch;
+pub mod netlink;
+pub mod state_dir;
+pub mod status;
+pub mod sysctl;
+pub mod tun;

@@ -1,1 +1,35 @@
-fn main() {}
+//! `cargo xtask`: everything a developer or CI runs, on a fresh Debian machine or a warm one.
+
+mod cmd;
+mod ebpf;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "meshgate developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing needs (Debian packages, nightly rust-src,
+    /// bpf-linker). Idempotent: a second run only checks.
+    Setup,
+    /// Build the XDP programs in `ebpf/` (nightly, bpfel-unknown-none, with BTF).
+    BuildEbpf,
+    /// Setup if needed, build-ebpf, the workspace tests, then (as root) the namespace tests
+    /// one at a time.
+    Test(test::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf => ebpf::build(),
+        Task::Test(args) => test::run(&args),
+    }
+}

@@ -1,0 +1,72 @@
+//! `meshgate-agent run` settings: clap derive with `env = "MESHGATE_*"` on every flag, so
+//! the systemd unit reads them from an environment file.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use ipnet::Ipv4Net;
+use meshgate_proto::Token;
+
+/// How the XDP program is attached to the LAN interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic (skb) mode.
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic mode, run by the kernel's network stack.
+    Skb,
+    /// No XDP: the kernel's routing tables alone carry the traffic.
+    Off,
+}
+
+/// `meshgate-agent run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The enrolment token (node or device) from the coordinator's API.
+    #[arg(
+        long,
+        env = "MESHGATE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// A file holding the token (preferred: keeps it out of `ps` and the environment).
+    #[arg(long, env = "MESHGATE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Node only: the interface facing the advertised subnet.
+    #[arg(long, env = "MESHGATE_LAN_IFACE")]
+    pub lan_iface: Option<String>,
+    /// Node only: the gateway address (VIP) the active replica owns on the LAN, with its
+    /// prefix length, e.g. 192.168.50.1/24. It must lie inside a subnet of `--lan-iface`.
+    #[arg(long, env = "MESHGATE_GATEWAY_IP")]
+    pub gateway_ip: Option<Ipv4Net>,
+    /// How the XDP program is attached to the LAN interface.
+    #[arg(long, env = "MESHGATE_XDP_MODE", value_enum, default_value = "auto")]
+    pub xdp_mode: XdpMode,
+    /// Where the agent keeps its replica id and its status socket.
+    #[arg(long, env = "MESHGATE_STATE_DIR", default_value = "/var/lib/meshgate")]
+    pub state_dir: PathBuf,
+    /// Name of the TUN device carrying mesh traffic.
+    #[arg(long, env = "MESHGATE_TUN", default_value = "mesh0")]
+    pub tun: String,
+    /// How long a draining agent (SIGTERM) waits for a standby to take over.
+    #[arg(long, env = "MESHGATE_DRAIN_TIMEOUT_MS", default_value_t = 5000)]
+    pub drain_timeout_ms: u64,
+}
+
+impl RunArgs {
+    /// The token from `--token` or `--token-file`; an error names the token as the problem.
+    pub fn token(&self) -> anyhow::Result<Token> {
+        let text = match (&self.token, &self.token_file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .with_context(|| format!("failed to read the token file {}", file.display()))?,
+            (None, None) => {
+                bail!("no token: pass --token TOKEN or --token-file FILE (or MESHGATE_TOKEN)")
+            }
+        };
+        Token::decode(text.trim()).map_err(|e| anyhow::anyhow!("the token is malformed: {e}"))
+    }
+}

@@ -1,0 +1,283 @@
+//! `meshgate-agent status`: the running agent answers on a unix socket in its state dir
+//! with one JSON document; the CLI prints it as is (`--json`, for scripts) or as a short
+//! report for a person at a terminal.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{UnixListener, UnixStream},
+};
+
+/// Everything `status` shows. Field names are the JSON contract for scripts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// `node` or `device`.
+    pub kind: String,
+    /// The node's or device's name, once registered.
+    pub name: Option<String>,
+    /// This replica's persistent id.
+    pub replica_id: String,
+    /// The Mesh IP, once registered.
+    pub mesh_ip: Option<String>,
+    /// The coordinator connection.
+    pub connection: Connection,
+    /// The coordinator's view of this replica: `active`, `standby`, `fenced` or `unknown`.
+    pub role: String,
+    /// What the data plane does now: `active`, `standby` or `fenced`. Differs from `role`
+    /// when the lease ran out before the coordinator said anything.
+    pub forwarding: String,
+    /// The node's epoch.
+    pub epoch: u64,
+    /// Milliseconds left on the lease, if this replica holds one.
+    pub lease_remaining_ms: Option<u64>,
+    /// The active replica's LAN address, as a standby sees it.
+    pub active_peer: Option<String>,
+    /// Mesh-bound prefixes routed into the mesh.
+    pub routes: Vec<String>,
+    /// The LAN interface (node).
+    pub lan_iface: Option<String>,
+    /// The VIP (node).
+    pub gateway_ip: Option<String>,
+    /// The VIP is on the LAN interface now.
+    pub holds_vip: bool,
+    /// The XDP attach mode in effect: `native`, `skb` or `off`.
+    pub xdp_mode: String,
+    /// The TUN device and its MTU.
+    pub tun: String,
+    /// The TUN device's MTU.
+    pub tun_mtu: u32,
+    /// The last role flip this agent applied.
+    pub last_flip: Option<Flip>,
+    /// Packet counters.
+    pub counters: Counters,
+}
+
+/// The coordinator connection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    /// `connecting`, `connected` or `disconnected`.
+    pub state: String,
+    /// The coordinator's address.
+    pub coordinator: Option<String>,
+    /// Round-trip time, as QUIC measures it.
+    pub rtt_ms: Option<f64>,
+    /// Why the last attempt or session failed.
+    pub last_error: Option<String>,
+    /// Sessions opened since start.
+    pub sessions: u64,
+}
+
+/// One applied role flip.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Flip {
+    /// The data plane's role after the flip.
+    pub to: String,
+    /// The epoch of the flip.
+    pub epoch: u64,
+    /// How long applying every step took, in microseconds.
+    pub duration_us: u64,
+    /// Each step with its duration in microseconds, in the order applied.
+    pub steps: Vec<(String, u64)>,
+    /// Wall-clock time of the flip, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+}
+
+/// Packet counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Packets read from the TUN and sent to the coordinator.
+    pub tun_to_mesh: u64,
+    /// Packets received from the coordinator and written to the TUN.
+    pub mesh_to_tun: u64,
+    /// Packets the agent dropped, by reason.
+    pub dropped: BTreeMap<String, u64>,
+    /// XDP verdicts on the LAN interface, by verdict.
+    pub xdp_verdicts: BTreeMap<String, u64>,
+    /// XDP packets toward the mesh, by route.
+    pub xdp_routes: BTreeMap<String, u64>,
+}
+
+/// Serves `report()` to every connection on `socket` until the task is dropped.
+pub async fn serve(
+    socket: PathBuf,
+    report: Arc<dyn Fn() -> StatusReport + Send + Sync>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    // A previous run that crashed leaves its socket file; nobody listens on it.
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("failed to listen on the status socket {}", socket.display()))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let body = serde_json::to_vec(&report()).unwrap_or_default();
+            tokio::spawn(async move {
+                let _ = stream.write_all(&body).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    }))
+}
+
+/// Asks the agent behind `socket` for its status.
+pub async fn query(socket: &Path) -> anyhow::Result<StatusReport> {
+    let mut stream = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "no agent answers on {} (is `meshgate-agent run` running with this --state-dir?)",
+            socket.display()
+        )
+    })?;
+    let mut body = Vec::new();
+    stream
+        .read_to_end(&mut body)
+        .await
+        .context("failed to read the agent's status")?;
+    serde_json::from_slice(&body).context("the agent's status is not valid JSON")
+}
+
+/// The report for a person at a terminal.
+pub fn human(r: &StatusReport) -> String {
+    let mut out = String::new();
+    let name = r.name.as_deref().unwrap_or("(not registered)");
+    let _ = writeln!(
+        out,
+        "meshgate-agent: {} {name}, replica {}",
+        r.kind, r.replica_id
+    );
+    let lease = r
+        .lease_remaining_ms
+        .map(|ms| format!(", lease {ms} ms left"))
+        .unwrap_or_default();
+    let forwarding = if r.forwarding == r.role {
+        String::new()
+    } else {
+        format!(" — data plane {}", r.forwarding)
+    };
+    let _ = writeln!(
+        out,
+        "  role         {} (epoch {}{lease}){forwarding}",
+        r.role, r.epoch
+    );
+    if let Some(peer) = &r.active_peer {
+        let _ = writeln!(out, "  active peer  {peer}");
+    }
+    let _ = writeln!(
+        out,
+        "  mesh ip      {}",
+        r.mesh_ip.as_deref().unwrap_or("-")
+    );
+    let c = &r.connection;
+    let rtt = c
+        .rtt_ms
+        .map(|ms| format!(", rtt {ms:.1} ms"))
+        .unwrap_or_default();
+    let coordinator = c.coordinator.as_deref().unwrap_or("-");
+    let _ = writeln!(out, "  coordinator  {coordinator} {}{rtt}", c.state);
+    if let Some(err) = &c.last_error {
+        let _ = writeln!(out, "  last error   {err}");
+    }
+    if let Some(lan) = &r.lan_iface {
+        let vip = r.gateway_ip.as_deref().unwrap_or("-");
+        let held = if r.holds_vip { "held" } else { "not held" };
+        let _ = writeln!(
+            out,
+            "  lan          {lan}, gateway {vip} ({held}), xdp {}",
+            r.xdp_mode
+        );
+    }
+    let _ = writeln!(out, "  tun          {} (mtu {})", r.tun, r.tun_mtu);
+    let routes = if r.routes.is_empty() {
+        "-".to_owned()
+    } else {
+        r.routes.join(", ")
+    };
+    let _ = writeln!(out, "  routes       {routes}");
+    if let Some(f) = &r.last_flip {
+        let _ = writeln!(
+            out,
+            "  last flip    to {} in epoch {}, {} µs",
+            f.to, f.epoch, f.duration_us
+        );
+    }
+    let k = &r.counters;
+    let _ = writeln!(
+        out,
+        "  tunnel       {} packets to the mesh, {} from it",
+        k.tun_to_mesh, k.mesh_to_tun
+    );
+    let join = |m: &BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !k.dropped.is_empty() {
+        let _ = writeln!(out, "  dropped      {}", join(&k.dropped));
+    }
+    if !k.xdp_verdicts.is_empty() {
+        let _ = writeln!(out, "  xdp          {}", join(&k.xdp_verdicts));
+    }
+    if !k.xdp_routes.is_empty() {
+        let _ = writeln!(out, "  per route    {}", join(&k.xdp_routes));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_reads_what_the_server_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let report = StatusReport {
+            kind: "node".into(),
+            role: "active".into(),
+            epoch: 7,
+            ..Default::default()
+        };
+        let served = report.clone();
+        let task = serve(socket.clone(), Arc::new(move || served.clone()))
+            .await
+            .unwrap();
+        assert_eq!(query(&socket).await.unwrap(), report);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn no_agent_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = query(&dir.path().join("agent.sock"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no agent answers"), "{err}");
+    }
+
+    #[test]
+    fn the_human_form_shows_role_and_a_fenced_data_plane() {
+        let r = StatusReport {
+            kind: "node".into(),
+            name: Some("web".into()),
+            role: "active".into(),
+            forwarding: "fenced".into(),
+            epoch: 3,
+            ..Default::default()
+        };
+        let text = human(&r);
+        assert!(
+            text.contains("role         active (epoch 3) — data plane fenced"),
+            "{text}"
+        );
+    }
+}

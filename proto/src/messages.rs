@@ -1,0 +1,206 @@
+//! Control messages: what travels, framed (see [`crate::frame`]), on the one
+//! bidirectional QUIC stream the agent opens right after the handshake.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::id::Id;
+use crate::token::Kind;
+
+/// Version of the control protocol carried in [`Hello::protocol_version`]. The frame
+/// version byte guards the encoding; this number guards the message semantics.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// A node replica's LAN identity, used by standbys to hairpin packets to the active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LanInfo {
+    /// The replica's own (not the VIP) IPv4 address on its LAN interface.
+    pub ip: Ipv4Addr,
+    /// The LAN interface's MAC address.
+    pub mac: [u8; 6],
+}
+
+/// Agent → coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentMsg {
+    /// First message on a connection: authenticate and register.
+    Hello(Hello),
+    /// Lease renewal; sent every `heartbeat_ms`. `seq` increases by one per heartbeat
+    /// and is echoed in [`CoordMsg::LeaseGrant`] so the agent knows when it was sent.
+    Heartbeat {
+        /// Sequence number, echoed back.
+        seq: u64,
+    },
+    /// Ask the coordinator to move the active role elsewhere before this replica stops.
+    RequestHandover {
+        /// Why.
+        reason: HandoverReason,
+    },
+    /// The agent is leaving on purpose; the coordinator may close the connection.
+    Goodbye,
+}
+
+/// Registration: the first message an agent sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the agent.
+    pub protocol_version: u16,
+    /// The full token string (the coordinator checks its secret's hash).
+    pub token: String,
+    /// Persistent replica id from the agent's state dir (see [`crate::id::new_replica_id`]).
+    pub replica_id: String,
+    /// LAN address and MAC; `Some` for a node replica with a LAN interface.
+    pub lan: Option<LanInfo>,
+    /// Free-form agent build string, for logs and the API.
+    pub agent_version: String,
+}
+
+/// Why a replica asks for handover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HandoverReason {
+    /// Orderly shutdown or maintenance.
+    Drain,
+    /// The LAN link went down: this replica can no longer serve the subnet.
+    LinkDown,
+}
+
+/// A replica's role in its node's HA group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Holds the lease: forwards traffic between mesh and LAN while the lease is valid.
+    /// Devices are always `Active` with epoch 0.
+    Active,
+    /// Healthy and eligible for promotion; hairpins LAN traffic to the active.
+    Standby,
+    /// Must forward nothing and is not eligible for promotion (drained or deposed).
+    Fenced,
+}
+
+/// Heartbeat and lease timings, chosen by the coordinator and sent in [`Welcome`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// How often the agent sends [`AgentMsg::Heartbeat`].
+    pub heartbeat_ms: u32,
+    /// How long a lease lasts from the coordinator's receipt of a heartbeat.
+    pub lease_ms: u32,
+    /// Safety margin the agent subtracts from its own deadline (see [`crate::lease`]).
+    pub guard_ms: u32,
+}
+
+/// One entry of the route table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteEntry {
+    /// Destination network.
+    pub network: Ipv4Net,
+    /// The node that advertises it; `None` for the mesh range itself.
+    pub node: Option<Id>,
+}
+
+/// The full route table: the mesh range plus every node's routes. Sent whole on every
+/// change (tables are small; a full table makes a lost update harmless). An agent
+/// ignores a table whose `version` is not newer than the one it has.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTable {
+    /// Monotonic version; higher is newer.
+    pub version: u64,
+    /// The routes, mesh range first.
+    pub entries: Vec<RouteEntry>,
+}
+
+/// Coordinator → agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoordMsg {
+    /// Registration accepted.
+    Welcome(Box<Welcome>),
+    /// Lease renewed: valid for `valid_for_ms` from when heartbeat `seq` was *sent*
+    /// (agent side, minus the guard) — see [`crate::lease`].
+    LeaseGrant {
+        /// Epoch of the lease; must equal the agent's current epoch.
+        epoch: u64,
+        /// Lease length.
+        valid_for_ms: u32,
+        /// The heartbeat being answered.
+        seq: u64,
+    },
+    /// This replica's role changed (promotion, demotion, fencing, or a new active
+    /// elsewhere whose LAN identity standbys need for hairpinning).
+    RoleChange {
+        /// The new role of the receiving replica.
+        role: Role,
+        /// The node's current epoch.
+        epoch: u64,
+        /// The active replica's LAN identity, if there is an active with one.
+        active: Option<LanInfo>,
+    },
+    /// The route table changed.
+    Routes(RouteTable),
+    /// The coordinator refuses or ends the session; the connection closes after this.
+    Refused {
+        /// Machine-readable reason ([`RefuseCode`] constants).
+        code: RefuseCode,
+        /// Human-readable reason.
+        reason: String,
+    },
+    /// A handover requested by this replica finished: another replica is active now.
+    HandoverDone {
+        /// The new epoch.
+        epoch: u64,
+    },
+}
+
+/// Registration result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Node or device.
+    pub kind: Kind,
+    /// The node's or device's id.
+    pub id: Id,
+    /// The node's or device's name.
+    pub name: String,
+    /// Echo of the registered replica id.
+    pub replica_id: String,
+    /// This participant's Mesh IP.
+    pub mesh_ip: Ipv4Addr,
+    /// The whole mesh range.
+    pub mesh_cidr: Ipv4Net,
+    /// Initial role.
+    pub role: Role,
+    /// The node's current epoch (0 for devices).
+    pub epoch: u64,
+    /// Timings to use.
+    pub timings: Timings,
+    /// The active replica's LAN identity, if any.
+    pub active: Option<LanInfo>,
+    /// The current route table.
+    pub routes: RouteTable,
+}
+
+/// Machine-readable refusal code. A newtype over `u16` rather than an enum, so a newer
+/// coordinator's unknown code still decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RefuseCode(pub u16);
+
+impl RefuseCode {
+    /// The token string is not a token.
+    pub const MALFORMED_TOKEN: Self = Self(1);
+    /// No node or device with that id, or the secret does not match.
+    pub const UNKNOWN_TOKEN: Self = Self(2);
+    /// The node or device was deleted.
+    pub const REVOKED_TOKEN: Self = Self(3);
+    /// Too many failed attempts from this address; retry later.
+    pub const RATE_LIMITED: Self = Self(4);
+    /// Protocol version not supported.
+    pub const VERSION_MISMATCH: Self = Self(5);
+    /// The replica id is not acceptable.
+    pub const BAD_REPLICA_ID: Self = Self(6);
+    /// Another connection registered the same replica id; this one is closed.
+    pub const REPLACED: Self = Self(7);
+    /// A message made no sense at this point (e.g. Heartbeat before Hello).
+    pub const PROTOCOL_VIOLATION: Self = Self(8);
+    /// Coordinator-side failure (store, IPAM exhausted).
+    pub const INTERNAL: Self = Self(9);
+    /// The node or device was deleted while connected.
+    pub const DELETED: Self = Self(10);
+}

@@ -41,6 +41,14 @@ pub enum DataplaneError {
         /// Why skb (generic) mode failed.
         skb: Box<aya::programs::ProgramError>,
     },
+    /// Redirect tunnel mode with native XDP: the kernel's L3 TUN has no
+    /// `ndo_xdp_xmit`, so native `bpf_redirect` into it fails with EOPNOTSUPP and the
+    /// packet is lost (measured on 6.18; see `ebpf/README.md`). Use skb mode or
+    /// kernel-route mode.
+    #[error(
+        "redirect tunnel mode needs skb (generic) XDP: native XDP cannot redirect into a TUN device"
+    )]
+    RedirectNeedsSkb,
     /// A map is missing, has an unexpected type, or an operation on it failed.
     #[error("eBPF map `{name}`: {source}")]
     Map {

@@ -137,6 +137,9 @@ impl Dataplane {
     /// `mode`, replacing an earlier attachment of this handle. Unless set before, the
     /// hairpin's source MAC becomes the interface's MAC.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        if self.config.tunnel_mode() == TunnelMode::Redirect && !redirect_capable(mode) {
+            return Err(DataplaneError::RedirectNeedsSkb);
+        }
         self.detach()?;
         let name = program::XDP_GATEWAY;
         let link = xdp_program(&mut self.ebpf, name)?
@@ -163,8 +166,13 @@ impl Dataplane {
     }
 
     /// Attaches in native (driver) mode, or in skb (generic) mode where the driver has
-    /// no XDP support. Returns the mode that worked.
+    /// no XDP support (or in redirect tunnel mode, which only works in skb mode).
+    /// Returns the mode that worked.
     pub fn attach_auto(&mut self, iface: &str) -> Result<XdpMode, DataplaneError> {
+        if self.config.tunnel_mode() == TunnelMode::Redirect {
+            self.attach(iface, XdpMode::Skb)?;
+            return Ok(XdpMode::Skb);
+        }
         let native = match self.attach(iface, XdpMode::Driver) {
             Ok(()) => return Ok(XdpMode::Driver),
             Err(DataplaneError::Attach { source, .. }) => source,
@@ -296,8 +304,17 @@ impl Dataplane {
         self.set_tunnel(ifindex, mtu)
     }
 
-    /// How the active hands packets to the tunnel (see `ebpf/README.md`).
+    /// How the active hands packets to the tunnel (see `ebpf/README.md`). Redirect
+    /// mode is refused while attached in native mode ([`DataplaneError::RedirectNeedsSkb`]).
     pub fn set_tunnel_mode(&mut self, mode: TunnelMode) -> Result<(), DataplaneError> {
+        if mode == TunnelMode::Redirect
+            && self
+                .attachment
+                .as_ref()
+                .is_some_and(|a| !redirect_capable(a.mode))
+        {
+            return Err(DataplaneError::RedirectNeedsSkb);
+        }
         self.config.tunnel_mode = mode as u32;
         self.write_config()
     }
@@ -437,6 +454,13 @@ impl Dataplane {
                 source,
             })
     }
+}
+
+/// Whether `bpf_redirect` into a TUN delivers in this XDP mode: only generic XDP, which
+/// transmits the skb; native redirect needs the target's `ndo_xdp_xmit`, which the
+/// kernel's TUN (unlike TAP) lacks. `Default` lets the kernel pick native on veth.
+fn redirect_capable(mode: XdpMode) -> bool {
+    mode == XdpMode::Skb
 }
 
 fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, DataplaneError>

@@ -15,6 +15,7 @@ pub mod test_run;
 
 pub use error::DataplaneError;
 pub use gateway::{Counters, Dataplane, Program};
+pub use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 pub use meshgate_common::{Counter, Role, TunnelMode, Verdict};
 pub use probe::{Probe, ProbeCounters};
 pub use routes::RouteDiff;

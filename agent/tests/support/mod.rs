@@ -1,6 +1,7 @@
 //! Shared by the BPF_PROG_TEST_RUN tests: the root check and a packet builder.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod netns;
 pub mod packet;
 
 use meshgate_agent::dataplane::Dataplane;

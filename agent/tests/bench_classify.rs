@@ -10,7 +10,7 @@ mod support;
 use ipnet::IpNet;
 use meshgate_agent::dataplane::{Dataplane, Program, Role};
 use support::packet::*;
-use support::{dataplane, have_bpf};
+use support::{dataplane, require_root};
 
 const REPEAT: u32 = 2_000_000;
 const ROUNDS: usize = 5;
@@ -45,11 +45,9 @@ fn routes(n: u32) -> Vec<(IpNet, u32)> {
 }
 
 #[test]
-#[ignore = "benchmark: run with --ignored --nocapture, as root"]
-fn classify_cost_ns_per_packet() {
-    if !have_bpf("classify_cost_ns_per_packet") {
-        return;
-    }
+#[ignore = "measurement, needs root: cargo test -- --ignored bench_ --nocapture"]
+fn bench_classify_cost_ns_per_packet() {
+    require_root();
     let mut dp = dataplane();
     dp.set_local_prefixes(&[net("192.168.50.0/24")])
         .expect("prefixes fit");

@@ -16,7 +16,7 @@ use std::{
 use aya::programs::XdpMode;
 use ipnet::IpNet;
 use meshgate_agent::dataplane::{Dataplane, DataplaneError, Probe, Role, TunnelMode, Verdict};
-use support::{dataplane, have_bpf, netns::*};
+use support::{dataplane, netns::*, require_root};
 
 const TUN: &str = "mgtun0";
 const TUN_MTU: u32 = 1280;
@@ -58,10 +58,9 @@ fn xdp_state(ns: &str, dev: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn attaches_native_and_skb_on_veth() {
-    if !have_bpf("attaches_native_and_skb_on_veth") {
-        return;
-    }
+    require_root();
     let lan = lan();
     let gw = lan.gw.name.clone();
     let states = lan.gw.run(move || {
@@ -186,10 +185,9 @@ const DELIVERING: [(XdpMode, TunnelMode); 3] = [
 ];
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn native_redirect_into_tun_is_refused() {
-    if !have_bpf("native_redirect_into_tun_is_refused") {
-        return;
-    }
+    require_root();
     let lan = lan();
     lan.gw.run(move || {
         let mut dp = dataplane();
@@ -212,10 +210,9 @@ fn native_redirect_into_tun_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn mesh_bound_packets_reach_the_tun_reader() {
-    if !have_bpf("mesh_bound_packets_reach_the_tun_reader") {
-        return;
-    }
+    require_root();
     const N: u64 = 20;
     for (mode, tunnel) in DELIVERING {
         {
@@ -248,11 +245,9 @@ fn mesh_bound_packets_reach_the_tun_reader() {
 /// Throughput of the two ways into the tunnel: a UDP flood from the LAN host for 2 s,
 /// counted at the TUN reader. Prints packets/s per XDP mode and tunnel mode.
 #[test]
-#[ignore = "measurement: run with --ignored --nocapture, as root"]
-fn tunnel_handoff_throughput() {
-    if !have_bpf("tunnel_handoff_throughput") {
-        return;
-    }
+#[ignore = "measurement, needs root: cargo test -- --ignored bench_ --nocapture"]
+fn bench_tunnel_handoff_throughput() {
+    require_root();
     const SECS: u64 = 2;
     println!(
         "{:<10} {:<12} {:>12} {:>12} {:>8}",

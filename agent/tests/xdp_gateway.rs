@@ -8,7 +8,7 @@ use meshgate_agent::dataplane::{
     Dataplane, Program, Role, TunnelMode, Verdict, test_run::TestRunOutput,
 };
 use support::packet::*;
-use support::{dataplane, have_bpf};
+use support::{dataplane, require_root};
 
 const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
@@ -108,10 +108,9 @@ fn assert_tcp_checksum(addrs: Addrs, segment: &[u8]) {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn non_ip_passes_untouched() {
-    if !have_bpf("non_ip_passes_untouched") {
-        return;
-    }
+    require_root();
     let mut dp = active();
     let arp = frame(
         ETH_P_ARP,
@@ -126,10 +125,9 @@ fn non_ip_passes_untouched() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn not_mesh_bound_passes_untouched() {
-    if !have_bpf("not_mesh_bound_passes_untouched") {
-        return;
-    }
+    require_root();
     let mut dp = active();
     for f in [
         udp_v4("192.168.50.10", "192.168.50.1", 64),
@@ -154,10 +152,9 @@ fn not_mesh_bound_passes_untouched() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn active_kernel_route_passes_and_counts_route() {
-    if !have_bpf("active_kernel_route_passes_and_counts_route") {
-        return;
-    }
+    require_root();
     let mut dp = active();
     let f = udp_v4("192.168.50.10", "100.96.0.5", 64);
     let out = run(&mut dp, &f);
@@ -181,10 +178,9 @@ fn active_kernel_route_passes_and_counts_route() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn active_redirect_strips_ethernet_and_decrements_ttl() {
-    if !have_bpf("active_redirect_strips_ethernet_and_decrements_ttl") {
-        return;
-    }
+    require_root();
     let mut dp = active();
     dp.set_tunnel_mode(TunnelMode::Redirect)
         .expect("config write");
@@ -221,10 +217,9 @@ fn active_redirect_strips_ethernet_and_decrements_ttl() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn standby_hairpins_to_active_mac() {
-    if !have_bpf("standby_hairpins_to_active_mac") {
-        return;
-    }
+    require_root();
     let mut dp = standby();
     let f = udp_v4("192.168.50.10", "100.96.0.5", 64);
     let out = run(&mut dp, &f);
@@ -265,10 +260,9 @@ fn standby_hairpins_to_active_mac() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn standby_without_active_drops() {
-    if !have_bpf("standby_without_active_drops") {
-        return;
-    }
+    require_root();
     let mut dp = active();
     dp.set_role(Role::Standby, 3).expect("config write");
     let out = run(&mut dp, &udp_v4("192.168.50.10", "100.96.0.5", 64));
@@ -277,10 +271,9 @@ fn standby_without_active_drops() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn spoofed_source_drops() {
-    if !have_bpf("spoofed_source_drops") {
-        return;
-    }
+    require_root();
     for mut dp in [active(), standby()] {
         let out = run(&mut dp, &udp_v4("192.168.51.10", "100.96.0.5", 64));
         assert_eq!(out.action, XDP_DROP);
@@ -298,10 +291,9 @@ fn spoofed_source_drops() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn fenced_drops() {
-    if !have_bpf("fenced_drops") {
-        return;
-    }
+    require_root();
     let mut dp = active();
     dp.set_role(Role::Fenced, 4).expect("config write");
     let out = run(&mut dp, &udp_v4("192.168.50.10", "100.96.0.5", 64));
@@ -324,10 +316,9 @@ fn fenced_drops() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn stale_epoch_drops() {
-    if !have_bpf("stale_epoch_drops") {
-        return;
-    }
+    require_root();
     let f = udp_v4("192.168.50.10", "100.96.0.5", 64);
     for mut dp in [active(), standby()] {
         // Another replica was promoted under epoch 4: our epoch-3 role is stale.
@@ -349,10 +340,9 @@ fn stale_epoch_drops() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn expired_lease_drops() {
-    if !have_bpf("expired_lease_drops") {
-        return;
-    }
+    require_root();
     let mut dp = active();
     let f = udp_v4("192.168.50.10", "100.96.0.5", 64);
     dp.set_lease_deadline(Some(std::time::Duration::from_secs(60)))
@@ -371,10 +361,9 @@ fn expired_lease_drops() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn mss_clamp_v4_even_and_odd_offsets() {
-    if !have_bpf("mss_clamp_v4_even_and_odd_offsets") {
-        return;
-    }
+    require_root();
     let clamp = (TUNNEL_MTU - 40) as u16;
     // The MSS option first (even offset), and after one NOP plus a 3-byte window scale
     // (odd offset: its bytes straddle 16-bit checksum words).
@@ -401,10 +390,9 @@ fn mss_clamp_v4_even_and_odd_offsets() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn mss_clamp_leaves_small_mss_and_non_syn_alone() {
-    if !have_bpf("mss_clamp_leaves_small_mss_and_non_syn_alone") {
-        return;
-    }
+    require_root();
     let mut dp = active();
     let small = syn_v4(&mss_option(1000));
     assert_eq!(run(&mut dp, &small).data, small);
@@ -447,10 +435,9 @@ fn mss_clamp_leaves_small_mss_and_non_syn_alone() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn ipv4_options_and_fragments() {
-    if !have_bpf("ipv4_options_and_fragments") {
-        return;
-    }
+    require_root();
     let mut dp = active();
     let Addrs::V4(s, d) = lan_v4() else {
         unreachable!("lan_v4 is IPv4")
@@ -484,10 +471,9 @@ fn ipv4_options_and_fragments() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn too_big_for_tunnel_goes_to_kernel() {
-    if !have_bpf("too_big_for_tunnel_goes_to_kernel") {
-        return;
-    }
+    require_root();
     let mut dp = active();
     dp.set_tunnel_mode(TunnelMode::Redirect)
         .expect("config write");
@@ -526,10 +512,9 @@ fn too_big_for_tunnel_goes_to_kernel() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn ipv6_tunnel_hairpin_and_mss_behind_extension_headers() {
-    if !have_bpf("ipv6_tunnel_hairpin_and_mss_behind_extension_headers") {
-        return;
-    }
+    require_root();
     let Addrs::V6(s, d) = lan_v6() else {
         unreachable!("lan_v6 is IPv6")
     };
@@ -588,10 +573,9 @@ fn ipv6_tunnel_hairpin_and_mss_behind_extension_headers() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn malformed_and_truncated_frames_get_defined_verdicts() {
-    if !have_bpf("malformed_and_truncated_frames_get_defined_verdicts") {
-        return;
-    }
+    require_root();
     let mut dp = active();
     let Addrs::V4(s, d) = lan_v4() else {
         unreachable!("lan_v4 is IPv4")
@@ -702,10 +686,9 @@ fn malformed_and_truncated_frames_get_defined_verdicts() {
 }
 
 #[test]
+#[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
 fn replace_routes_is_a_diff() {
-    if !have_bpf("replace_routes_is_a_diff") {
-        return;
-    }
+    require_root();
     let mut dp = active();
     let f = udp_v4("192.168.50.10", "10.20.3.4", 64);
     assert_eq!(count_after(&mut dp, &f, Verdict::TunnelKernel), 1);

@@ -6,21 +6,16 @@ pub mod packet;
 
 use meshgate_agent::dataplane::Dataplane;
 
-/// True when the test can use BPF; otherwise prints why it is skipped. A skipped test
-/// passes, so the reason is written to file descriptor 2 directly: libtest captures
-/// `eprintln!` and `io::stderr()` and would swallow it for a passing test.
-pub fn have_bpf(test: &str) -> bool {
+/// Root-only tests are `#[ignore]`d (so a plain `cargo test` lists them as ignored with
+/// the reason) and run as root by `cargo xtask test`; run by hand without root, they fail
+/// here with the reason instead of passing silently.
+pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        let msg = format!(
-            "SKIPPED {test}: needs root (CAP_BPF + CAP_NET_ADMIN) to load XDP programs and run BPF_PROG_TEST_RUN\n"
-        );
-        // SAFETY: writes `msg.len()` bytes from a live buffer to fd 2; a short or failed
-        // write only loses the notice.
-        unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
-        return false;
-    }
-    true
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "this test needs root (CAP_BPF + CAP_NET_ADMIN): run `sudo cargo xtask test`"
+    );
 }
 
 /// A freshly loaded dataplane: it must load, so failure (e.g. the verifier) fails loudly.

@@ -1,19 +1,25 @@
 //! Unit and property tests of the election state machine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use proptest::prelude::*;
 
 use super::*;
 
 const LEASE: Duration = Duration::from_millis(250);
+const OVERLAP: Duration = Duration::from_millis(100);
+
+const CFG: Config = Config {
+    lease: LEASE,
+    overlap: OVERLAP,
+};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
 fn new() -> (Election, Instant) {
-    (Election::new(Config { lease: LEASE }, 0), Instant::now())
+    (Election::new(CFG, 0), Instant::now())
 }
 
 fn promoted(actions: &[Action]) -> Option<(ConnId, u64)> {
@@ -143,67 +149,290 @@ fn lone_replica_returns_after_silence_with_new_epoch() {
     assert_eq!(promoted(&a), Some((1, 2)));
 }
 
-#[test]
-fn drain_promotes_successor_then_fences() {
-    let (mut e, t) = new();
-    let lan = LanInfo {
-        ip: [192, 168, 50, 3].into(),
-        mac: [2, 0, 0, 0, 0, 3],
-    };
-    e.handle(t, Event::Connected { conn: 1, lan: None });
-    e.handle(
-        t,
-        Event::Connected {
-            conn: 2,
-            lan: Some(lan),
-        },
-    );
-    e.handle(t + ms(50), Event::Heartbeat { conn: 1, seq: 1 }); // lease to 300
-    e.handle(t + ms(60), Event::HandoverRequested { conn: 1 });
-    let a = e.handle(t + ms(100), Event::Heartbeat { conn: 1, seq: 2 });
-    assert!(a.is_empty(), "a draining active is not renewed: {a:?}");
-    e.handle(t + ms(250), Event::Heartbeat { conn: 2, seq: 1 });
-    assert_eq!(e.active(t + ms(299)), Some(1), "old lease still runs");
-    let a = e.handle(t + ms(300), Event::Tick);
-    assert_eq!(promoted(&a), Some((2, 2)));
-    assert!(a.contains(&Action::Send {
-        conn: 1,
-        msg: Out::RoleChange {
+fn lan_of(last: u8) -> LanInfo {
+    LanInfo {
+        ip: [192, 168, 50, last].into(),
+        mac: [2, 0, 0, 0, 0, last],
+    }
+}
+
+/// Heartbeats from every one of `conns` at `at`, returning all actions.
+fn beat(e: &mut Election, at: Instant, conns: &[ConnId]) -> Vec<Action> {
+    conns
+        .iter()
+        .flat_map(|&conn| e.handle(at, Event::Heartbeat { conn, seq: 0 }))
+        .collect()
+}
+
+fn sent_to(actions: &[Action], to: ConnId) -> Vec<Out> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { conn, msg } if *conn == to => Some(msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn fenced_and_done(epoch: u64, active: Option<LanInfo>) -> Vec<Out> {
+    vec![
+        Out::RoleChange {
             role: Role::Fenced,
-            epoch: 2,
-            active: Some(lan)
-        }
-    }));
-    assert!(a.contains(&Action::Send {
-        conn: 1,
-        msg: Out::HandoverDone { epoch: 2 }
-    }));
-    // A fenced replica is never promoted again, even as the last one standing.
-    e.handle(t + ms(310), Event::Disconnected { conn: 2 });
+            epoch,
+            active,
+        },
+        Out::HandoverDone { epoch },
+    ]
+}
+
+#[test]
+fn drain_with_standby_promotes_first_and_fences_after_overlap() {
+    let (mut e, t) = new();
+    e.handle(t, Event::Connected { conn: 1, lan: None });
+    let lan = Some(lan_of(3));
+    e.handle(t, Event::Connected { conn: 2, lan });
+    beat(&mut e, t + ms(50), &[1, 2]); // lease to 300
+    let a = e.handle(t + ms(60), Event::HandoverRequested { conn: 1 });
+    let p = a.iter().find(|x| matches!(x, Action::Promoted { .. }));
     assert_eq!(
-        promoted(&e.handle(t + ms(900), Event::Heartbeat { conn: 1, seq: 3 })),
+        p,
+        Some(&Action::Promoted {
+            conn: 2,
+            epoch: 2,
+            after_expiry: None
+        }),
+        "promoted at once, while the old lease still runs"
+    );
+    assert!(a.contains(&Action::PersistEpoch(2)));
+    let role = Out::RoleChange {
+        role: Role::Active,
+        epoch: 2,
+        active: lan,
+    };
+    // The successor may forward at once: a grant for the heartbeat it sent before.
+    let grant = Out::LeaseGrant {
+        epoch: 2,
+        valid_for: LEASE,
+        seq: 0,
+    };
+    assert_eq!(sent_to(&a, 2), [role, grant]);
+    assert!(
+        sent_to(&a, 1).is_empty(),
+        "the draining one hears nothing yet"
+    );
+    let now = t + ms(60);
+    assert_eq!(e.active(now), Some(2));
+    assert_eq!(e.forwarder(now), Some(2), "traffic goes to the successor");
+    assert_eq!(e.draining(), Some(1));
+    assert!(e.may_send(1, now) && e.may_send(2, now));
+    assert_eq!(e.role(1), Some(Role::Active), "as its agent was told");
+
+    // During the overlap the draining replica is still renewed, in its own epoch.
+    let a = e.handle(t + ms(100), Event::Heartbeat { conn: 1, seq: 7 });
+    let grant = Out::LeaseGrant {
+        epoch: 1,
+        valid_for: LEASE,
+        seq: 7,
+    };
+    assert_eq!(sent_to(&a, 1), [grant]);
+    beat(&mut e, t + ms(100), &[2]);
+    assert!(e.handle(t + ms(159), Event::Tick).is_empty());
+
+    // Overlap (100 ms from the promotion) over: fenced, told the handover is done.
+    let a = e.handle(t + ms(160), Event::Tick);
+    assert_eq!(sent_to(&a, 1), fenced_and_done(2, lan));
+    assert_eq!(e.draining(), None);
+    assert!(!e.may_send(1, t + ms(160)));
+    assert!(
+        e.handle(t + ms(170), Event::Heartbeat { conn: 1, seq: 8 })
+            .is_empty()
+    );
+    // A fenced replica is never promoted again, even as the last one standing.
+    e.handle(t + ms(180), Event::Disconnected { conn: 2 });
+    assert_eq!(
+        promoted(&e.handle(t + ms(900), Event::Heartbeat { conn: 1, seq: 9 })),
         None
     );
 }
 
 #[test]
-fn drain_without_successor_keeps_serving() {
+fn drain_without_standby_changes_nothing_until_one_appears() {
     let (mut e, t) = new();
     e.handle(t, Event::Connected { conn: 1, lan: None });
-    e.handle(t + ms(10), Event::HandoverRequested { conn: 1 });
+    let a = e.handle(t + ms(10), Event::HandoverRequested { conn: 1 });
+    assert!(a.is_empty(), "{a:?}");
     let a = e.handle(t + ms(50), Event::Heartbeat { conn: 1, seq: 1 });
     assert!(matches!(
         a[..],
         [Action::Send {
-            msg: Out::LeaseGrant { .. },
+            msg: Out::LeaseGrant { epoch: 1, .. },
             ..
         }]
     ));
+    assert_eq!(e.active(t + ms(50)), Some(1));
+    assert_eq!(e.draining(), None);
+    // The request is remembered: a standby that shows up takes over at once.
+    let a = e.handle(t + ms(60), Event::Connected { conn: 2, lan: None });
+    assert_eq!(promoted(&a), Some((2, 2)));
+    assert!(
+        sent_to(&a, 2).is_empty(),
+        "the Welcome carries its role: {a:?}"
+    );
+    assert_eq!(e.role(2), Some(Role::Active));
+    assert_eq!(e.draining(), Some(1));
+    beat(&mut e, t + ms(100), &[1, 2]);
+    assert_eq!(
+        sent_to(&e.handle(t + ms(160), Event::Tick), 1),
+        fenced_and_done(2, None)
+    );
+}
+
+#[test]
+fn draining_replica_dying_during_overlap_leaves_the_successor() {
+    let (mut e, t) = new();
+    e.handle(t, Event::Connected { conn: 1, lan: None });
+    e.handle(t, Event::Connected { conn: 2, lan: None });
+    beat(&mut e, t + ms(50), &[1, 2]);
+    e.handle(t + ms(60), Event::HandoverRequested { conn: 1 });
+    let a = e.handle(t + ms(80), Event::Disconnected { conn: 1 });
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(e.draining(), None);
+    for i in 1..10 {
+        let now = t + ms(80 + 50 * i);
+        let a = beat(&mut e, now, &[2]);
+        assert!(promoted(&a).is_none());
+        assert_eq!(e.active(now), Some(2));
+    }
+}
+
+#[test]
+fn successor_dying_during_overlap_keeps_the_draining_one_serving() {
+    let (mut e, t) = new();
+    e.handle(t, Event::Connected { conn: 1, lan: None });
+    e.handle(t, Event::Connected { conn: 2, lan: None });
+    beat(&mut e, t + ms(50), &[1, 2]);
+    e.handle(t + ms(60), Event::HandoverRequested { conn: 1 }); // 2's lease to 310
+    e.handle(t + ms(70), Event::Disconnected { conn: 2 });
+    assert_eq!(e.forwarder(t + ms(70)), Some(1), "relay falls back to it");
+    // Past the overlap: not fenced, still renewed in its old epoch.
+    for now in [100u64, 150, 200, 250, 300] {
+        let a = beat(&mut e, t + ms(now), &[1]);
+        assert!(
+            matches!(sent_to(&a, 1)[..], [Out::LeaseGrant { epoch: 1, .. }]),
+            "at {now}: {a:?}"
+        );
+        assert_eq!(e.draining(), Some(1));
+    }
+    // The strict rule for the lost successor; then the draining one serves on.
+    assert_eq!(promoted(&e.handle(t + ms(309), Event::Tick)), None);
+    let a = e.handle(t + ms(310), Event::Tick);
+    assert!(a.contains(&Action::LeaseExpired { conn: 2, epoch: 2 }));
+    assert_eq!(promoted(&a), Some((1, 3)));
+    let role = Out::RoleChange {
+        role: Role::Active,
+        epoch: 3,
+        active: None,
+    };
+    let grant = Out::LeaseGrant {
+        epoch: 3,
+        valid_for: LEASE,
+        seq: 0,
+    };
+    assert_eq!(sent_to(&a, 1), [role, grant]);
+    assert_eq!(e.draining(), None);
+    let a = e.handle(t + ms(320), Event::Heartbeat { conn: 1, seq: 1 });
+    assert!(matches!(
+        sent_to(&a, 1)[..],
+        [Out::LeaseGrant { epoch: 3, .. }]
+    ));
+    // Its request still stands: a new standby takes over.
+    let a = e.handle(t + ms(330), Event::Connected { conn: 4, lan: None });
+    assert_eq!(promoted(&a), Some((4, 4)));
+    assert_eq!(e.draining(), Some(1));
+}
+
+#[test]
+fn successor_dying_during_overlap_hands_on_to_the_next_standby() {
+    let (mut e, t) = new();
+    for conn in 1..=3 {
+        e.handle(t + ms(conn), Event::Connected { conn, lan: None });
+    }
+    beat(&mut e, t + ms(50), &[1, 2, 3]);
+    assert_eq!(
+        promoted(&e.handle(t + ms(60), Event::HandoverRequested { conn: 1 })),
+        Some((2, 2))
+    );
+    e.handle(t + ms(70), Event::Disconnected { conn: 2 });
+    for now in [100u64, 150, 200, 250, 300] {
+        beat(&mut e, t + ms(now), &[1, 3]);
+    }
+    let a = e.handle(t + ms(310), Event::Tick);
+    assert_eq!(promoted(&a), Some((3, 3)));
+    assert!(sent_to(&a, 1).is_empty(), "still draining: {a:?}");
+    assert_eq!(e.draining(), Some(1));
+    // A fresh overlap from the new promotion.
+    beat(&mut e, t + ms(350), &[1, 3]);
+    assert!(sent_to(&e.handle(t + ms(409), Event::Tick), 1).is_empty());
+    let a = e.handle(t + ms(410), Event::Tick);
+    assert_eq!(sent_to(&a, 1), fenced_and_done(3, None));
+}
+
+#[test]
+fn second_drain_request_waits_for_the_first() {
+    let (mut e, t) = new();
+    for conn in 1..=3 {
+        e.handle(t + ms(conn), Event::Connected { conn, lan: None });
+    }
+    beat(&mut e, t + ms(50), &[1, 2, 3]);
+    assert_eq!(
+        promoted(&e.handle(t + ms(60), Event::HandoverRequested { conn: 1 })),
+        Some((2, 2))
+    );
+    // The draining one asking again changes nothing.
+    assert!(
+        e.handle(t + ms(61), Event::HandoverRequested { conn: 1 })
+            .is_empty()
+    );
+    // The successor asks too: deferred until the first handover ends.
+    assert!(
+        e.handle(t + ms(80), Event::HandoverRequested { conn: 2 })
+            .is_empty()
+    );
+    beat(&mut e, t + ms(100), &[1, 2, 3]);
+    beat(&mut e, t + ms(150), &[1, 2, 3]);
+    let a = e.handle(t + ms(160), Event::Tick);
+    assert_eq!(sent_to(&a, 1)[..2], fenced_and_done(2, None));
+    assert_eq!(promoted(&a), Some((3, 3)), "then the second handover");
+    assert_eq!(e.draining(), Some(2));
+    beat(&mut e, t + ms(200), &[2, 3]);
+    let a = e.handle(t + ms(260), Event::Tick);
+    assert_eq!(sent_to(&a, 2), fenced_and_done(3, None));
+    assert_eq!(e.active(t + ms(260)), Some(3));
+}
+
+#[test]
+fn link_down_standby_is_fenced() {
+    let (mut e, t) = new();
+    e.handle(t, Event::Connected { conn: 1, lan: None });
+    e.handle(t, Event::Connected { conn: 2, lan: None });
+    let a = e.handle(t + ms(10), Event::HandoverRequested { conn: 2 });
+    assert!(matches!(
+        sent_to(&a, 2)[..],
+        [Out::RoleChange {
+            role: Role::Fenced,
+            ..
+        }]
+    ));
+    // It is no successor for a later drain.
+    assert!(
+        e.handle(t + ms(20), Event::HandoverRequested { conn: 1 })
+            .is_empty()
+    );
 }
 
 #[test]
 fn persisted_epoch_resumes() {
-    let mut e = Election::new(Config { lease: LEASE }, 41);
+    let mut e = Election::new(CFG, 41);
     let a = e.handle(Instant::now(), Event::Connected { conn: 7, lan: None });
     assert_eq!(promoted(&a), Some((7, 42)));
 }
@@ -231,10 +460,15 @@ fn op() -> impl Strategy<Value = (u64, Op)> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 10_000, ..ProptestConfig::default() })]
 
-    /// Safety and liveness over random event sequences:
-    /// * a promotion never happens while another replica's granted lease is still valid
-    ///   (so never two actives with valid leases);
-    /// * epochs only grow;
+    /// Safety and liveness over random event sequences. "Rights" are what the machine
+    /// has granted a replica (a promotion or a lease grant, valid for one lease, ended
+    /// early only by a RoleChange that is not `Active`):
+    /// * at a promotion, no other replica holds rights, except one that asked for
+    ///   handover (the draining one): never two actives with valid leases otherwise;
+    /// * two replicas hold rights only during a handover: the draining one asked, and
+    ///   it is fenced at the first event after the overlap, unless the successor is no
+    ///   longer healthy or the draining one is gone (its rights then lapse on their own);
+    /// * epochs only grow, and every grant carries the epoch its receiver was promoted in;
     /// * whenever the lease has run out and a healthy replica exists, there is an active
     ///   (so an active appears within one lease of losing the old one);
     /// * no lease reaches further than one lease length into the future.
@@ -244,11 +478,18 @@ proptest! {
         let mut now = t0;
         let mut next_conn: ConnId = 0;
         let mut conns: Vec<ConnId> = Vec::new();
-        let mut granted: HashMap<ConnId, Instant> = HashMap::new();
+        // conn -> (rights until, epoch it was promoted in)
+        let mut rights: HashMap<ConnId, (Instant, u64)> = HashMap::new();
+        let mut asked: HashSet<ConnId> = HashSet::new();
+        // (draining, successor, promoted at) of the latest promotion during a handover.
+        let mut overlap: Option<(ConnId, ConnId, Instant)> = None;
         let mut last_epoch = 0;
         for (seq, (dt, op)) in (1u64..).zip(ops) {
             now += Duration::from_millis(dt);
             let pick = |i: usize| (!conns.is_empty()).then(|| conns[i % conns.len()]);
+            // A request counts once its sender holds rights, which a promotion applied
+            // in the same call (time first) may only give it below.
+            let mut requester = None;
             let event = match op {
                 Op::Connect => {
                     next_conn += 1;
@@ -267,30 +508,57 @@ proptest! {
                     None => Event::Tick,
                 },
                 Op::Handover(i) => match pick(i) {
-                    Some(conn) => Event::HandoverRequested { conn },
+                    Some(conn) => {
+                        requester = Some(conn);
+                        Event::HandoverRequested { conn }
+                    }
                     None => Event::Tick,
                 },
                 Op::Tick => Event::Tick,
             };
             for a in e.handle(now, event) {
+                if let Some(r) = requester
+                    && rights.get(&r).is_some_and(|(u, _)| now < *u)
+                {
+                    asked.insert(r);
+                }
                 match a {
                     Action::Promoted { conn, epoch, .. } => {
-                        for (other, until) in &granted {
-                            prop_assert!(*other == conn || *until <= now,
-                                "promoted {conn} while {other} holds a lease");
+                        let others: Vec<ConnId> = rights.iter()
+                            .filter(|(c, (until, _))| **c != conn && now < *until)
+                            .map(|(c, _)| *c)
+                            .collect();
+                        prop_assert!(others.len() <= 1, "promoted {conn} while {others:?} hold leases");
+                        if let Some(&other) = others.first() {
+                            prop_assert!(asked.contains(&other),
+                                "promoted {conn} while {other}, which did not ask, holds a lease");
+                            overlap = Some((other, conn, now));
                         }
                         prop_assert!(epoch > last_epoch, "epoch did not grow");
                         last_epoch = epoch;
-                        granted.insert(conn, now + LEASE);
+                        rights.insert(conn, (now + LEASE, epoch));
                     }
                     Action::Send { conn, msg: Out::LeaseGrant { epoch, .. } } => {
-                        prop_assert_eq!(epoch, last_epoch);
-                        granted.insert(conn, now + LEASE);
+                        let held = rights.get(&conn).map(|(_, e)| *e);
+                        prop_assert_eq!(Some(epoch), held, "grant in a foreign epoch");
+                        prop_assert!(epoch <= last_epoch);
+                        rights.insert(conn, (now + LEASE, epoch));
                     }
-                    Action::Send { msg: Out::RoleChange { epoch, .. }, .. }
-                    | Action::PersistEpoch(epoch) => prop_assert!(epoch <= last_epoch.max(e.epoch())),
+                    Action::Send { conn, msg: Out::RoleChange { role, epoch, .. } } => {
+                        prop_assert!(epoch <= last_epoch.max(e.epoch()));
+                        if role != Role::Active {
+                            rights.remove(&conn);
+                            asked.remove(&conn);
+                        }
+                    }
+                    Action::PersistEpoch(epoch) => prop_assert!(epoch <= last_epoch.max(e.epoch())),
                     _ => {}
                 }
+            }
+            if let Some(r) = requester
+                && rights.get(&r).is_some_and(|(u, _)| now < *u)
+            {
+                asked.insert(r);
             }
             prop_assert!(e.epoch() >= last_epoch);
             let lease_valid = e.lease_expiry().is_some_and(|x| now < x);
@@ -300,8 +568,23 @@ proptest! {
             if let Some(x) = e.lease_expiry() {
                 prop_assert!(x <= now + LEASE);
             }
+            let valid: Vec<ConnId> = rights.iter()
+                .filter(|(_, (until, _))| now < *until)
+                .map(|(c, _)| *c)
+                .collect();
+            prop_assert!(valid.len() <= 2, "{valid:?} all hold leases");
+            if valid.len() == 2 {
+                let (d, s, since) = overlap.expect("two leases without a handover");
+                prop_assert!(valid.contains(&d) && valid.contains(&s), "{valid:?} vs {d}/{s}");
+                prop_assert!(asked.contains(&d));
+                let bounded = now < since + OVERLAP
+                    || !e.is_healthy(s, now)
+                    || !conns.contains(&d);
+                prop_assert!(bounded, "draining {d} not fenced after the overlap");
+            }
             let actives = e.replicas().filter(|(_, r)| *r == Role::Active).count();
-            prop_assert!(actives <= 1);
+            prop_assert!(actives <= 1 + usize::from(e.draining().is_some()));
+            prop_assert!(e.draining() != e.active(now) || e.draining().is_none());
         }
     }
 }

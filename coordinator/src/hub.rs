@@ -60,6 +60,8 @@ pub struct Hub {
     /// Counters.
     pub metrics: Metrics,
     timings: Timings,
+    /// How long a replica that asked for handover overlaps its successor.
+    handover_overlap: Duration,
     mesh: Ipv4Net,
     colo: String,
     state: Mutex<State>,
@@ -77,12 +79,20 @@ fn role_name(r: Role) -> &'static str {
 }
 
 impl Hub {
-    /// A hub with nobody connected.
-    pub fn new(registry: Registry, timings: Timings, mesh: Ipv4Net, colo: String) -> Self {
+    /// A hub with nobody connected. A drained active keeps forwarding for
+    /// `handover_overlap` after its successor's promotion (see [`crate::election`]).
+    pub fn new(
+        registry: Registry,
+        timings: Timings,
+        handover_overlap: Duration,
+        mesh: Ipv4Net,
+        colo: String,
+    ) -> Self {
         Self {
             registry,
             metrics: Metrics::default(),
             timings,
+            handover_overlap,
             mesh,
             colo,
             state: Mutex::default(),
@@ -230,11 +240,14 @@ impl Hub {
         };
         st.sessions.insert(conn_id, session);
         let (role, epoch, active, actions) = if kind == Kind::Node {
-            let lease = Duration::from_millis(self.timings.lease_ms.into());
+            let cfg = election::Config {
+                lease: Duration::from_millis(self.timings.lease_ms.into()),
+                overlap: self.handover_overlap,
+            };
             let el = st
                 .elections
                 .entry(id)
-                .or_insert_with(|| Election::new(election::Config { lease }, epoch0));
+                .or_insert_with(|| Election::new(cfg, epoch0));
             let actions = el.handle(
                 now,
                 Event::Connected {
@@ -303,6 +316,7 @@ impl Hub {
         };
         let event = make(conn);
         let is_disconnect = matches!(event, Event::Disconnected { .. });
+        let is_handover = matches!(event, Event::HandoverRequested { .. });
         if is_disconnect {
             st.sessions.remove(&conn);
         }
@@ -310,6 +324,9 @@ impl Hub {
             return;
         };
         let actions = el.handle(now, event);
+        if is_handover && el.active(now) == Some(conn) {
+            tracing::info!(%node, conn, "handover deferred until a healthy standby exists (and any handover in progress ends); the active keeps serving");
+        }
         let changed = is_disconnect
             || actions.iter().any(|a| {
                 matches!(
@@ -420,13 +437,18 @@ impl Hub {
     }
 
     fn rebuild(&self, st: &State, now: Instant) {
+        // Traffic for a node's routes goes to its active from the moment of promotion;
+        // a draining replica may still send until it is fenced.
         let active: HashMap<Id, ConnId> = st
             .elections
             .iter()
-            .filter_map(|(n, e)| e.active(now).map(|c| (*n, c)))
+            .filter_map(|(n, e)| e.forwarder(now).map(|c| (*n, c)))
             .collect();
         let participants = st.sessions.iter().map(|(c, s)| {
-            let node = (s.kind == Kind::Node).then(|| (s.id, active.get(&s.id) == Some(c)));
+            let node = (s.kind == Kind::Node).then(|| {
+                let may_send = st.elections.get(&s.id).is_some_and(|e| e.may_send(*c, now));
+                (s.id, may_send)
+            });
             (
                 *c,
                 Sender {

@@ -65,6 +65,11 @@ struct Serve {
     /// Guard agents subtract from their lease deadline, in ms.
     #[arg(long, env = "MESHGATE_GUARD_MS", default_value_t = meshgate_proto::lease::DEFAULT_GUARD_MS)]
     guard_ms: u32,
+    /// How long an active that asked for handover (drain, link down) keeps forwarding
+    /// after its successor's promotion, in ms, before it is fenced. Default: three
+    /// heartbeats — the successor forwards once its first lease grant arrives.
+    #[arg(long, env = "MESHGATE_HANDOVER_OVERLAP_MS")]
+    handover_overlap_ms: Option<u32>,
 }
 
 fn main() -> Result<()> {
@@ -94,7 +99,16 @@ async fn serve(a: Serve) -> Result<()> {
     let store =
         RedbStore::open(&a.data_dir.join("store.redb")).context("failed to open the store")?;
     let registry = Registry::new(Arc::new(store), ipam, id.token_key);
-    let hub = Arc::new(Hub::new(registry, timings, ipam.cidr(), a.name.clone()));
+    let overlap = a
+        .handover_overlap_ms
+        .unwrap_or(a.heartbeat_ms.saturating_mul(3));
+    let hub = Arc::new(Hub::new(
+        registry,
+        timings,
+        Duration::from_millis(overlap.into()),
+        ipam.cidr(),
+        a.name.clone(),
+    ));
 
     let endpoint = quinn::Endpoint::server(quic::server_config(&id)?, a.quic_listen)
         .with_context(|| format!("failed to bind QUIC on {}", a.quic_listen))?;
@@ -134,7 +148,7 @@ async fn serve(a: Serve) -> Result<()> {
     });
     tokio::spawn(quic::serve(endpoint, hub.clone()));
 
-    tracing::info!(quic = %quic_addr, api = %api_addr, data_dir = %a.data_dir.display(), mesh = %ipam.cidr(), heartbeat_ms = a.heartbeat_ms, lease_ms = a.lease_ms, "coordinator started");
+    tracing::info!(quic = %quic_addr, api = %api_addr, data_dir = %a.data_dir.display(), mesh = %ipam.cidr(), heartbeat_ms = a.heartbeat_ms, lease_ms = a.lease_ms, handover_overlap_ms = overlap, "coordinator started");
     // Machine-readable start-up lines on stdout, so scripts and tests can wait for them.
     println!("quic listening on {quic_addr}");
     println!("api listening on {api_addr}");

@@ -26,7 +26,8 @@ enum Target {
 pub struct Sender {
     /// Its Mesh IP.
     pub mesh_ip: Ipv4Addr,
-    /// For a node replica: its node, and whether it is the active one.
+    /// For a node replica: its node, and whether it may send: it is the active one, or
+    /// the one handing over, until it is fenced.
     pub node: Option<(Id, bool)>,
 }
 
@@ -111,7 +112,7 @@ impl Table {
             return m.count_drop(DropReason::NotActive);
         };
         match sender.node {
-            // Replicas that are not active forward nothing (fencing at the relay).
+            // Standbys and fenced replicas forward nothing (fencing at the relay).
             Some((_, false)) => return m.count_drop(DropReason::NotActive),
             Some((node, true)) => {
                 let own_route = self

@@ -16,8 +16,11 @@ pub struct ReplicaView {
     pub mesh_ip: Ipv4Addr,
     /// `active` or `passive`.
     pub ha_status: &'static str,
-    /// Raw role: active, standby, fenced.
+    /// Raw role: active, standby, draining (handed over, still forwarding until fenced),
+    /// fenced.
     pub role: &'static str,
+    /// Handed its role over and still forwards until fenced; `ha_status` is `passive`.
+    pub draining: bool,
     /// Node epoch.
     pub epoch: u64,
     /// When it connected (RFC 3339).
@@ -37,11 +40,13 @@ impl Hub {
         let mut out: Vec<(SystemTime, ReplicaView)> = el.replicas().filter_map(|(c, role)| {
             let s = st.sessions.get(&c)?;
             let active = el.active(now) == Some(c);
+            let draining = el.draining() == Some(c);
             let run_at = humantime::format_rfc3339_seconds(s.opened_at).to_string();
             Some((s.opened_at, ReplicaView {
                 id: s.replica_id.clone(), mesh_ip: s.mesh_ip,
                 ha_status: if active { "active" } else { "passive" },
-                role: if active { "active" } else { role_name(if role == Role::Active { Role::Standby } else { role }) },
+                role: if active { "active" } else if draining { "draining" } else { role_name(if role == Role::Active { Role::Standby } else { role }) },
+                draining,
                 epoch: el.epoch(), run_at: run_at.clone(),
                 conns: vec![serde_json::json!({"colo_name": self.colo, "origin_ip": s.origin.ip().to_string(), "opened_at": run_at})],
             }))

@@ -28,6 +28,8 @@ pub use views::ReplicaView;
 /// Failed registrations allowed per source address per window before refusing.
 const FAILS_PER_WINDOW: u32 = 5;
 const FAIL_WINDOW: Duration = Duration::from_secs(10);
+/// Table size at which expired failure windows are pruned.
+const FAIL_TABLE_PRUNE_AT: usize = 4096;
 
 /// A connected participant.
 pub struct Session {
@@ -115,6 +117,11 @@ impl Hub {
     fn record_failure(&self, ip: IpAddr) {
         self.metrics.auth_failures.fetch_add(1, Relaxed);
         let mut f = self.fails.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget windows that have passed once the table grows, so failures from many
+        // addresses cannot grow it without bound.
+        if f.len() >= FAIL_TABLE_PRUNE_AT {
+            f.retain(|_, (_, since)| since.elapsed() < FAIL_WINDOW);
+        }
         let e = f.entry(ip).or_insert((0, Instant::now()));
         if e.1.elapsed() >= FAIL_WINDOW {
             *e = (0, Instant::now());

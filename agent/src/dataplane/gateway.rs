@@ -20,7 +20,7 @@ use meshgate_common::{
 
 use super::{
     DataplaneError, EBPF_OBJECT, iface,
-    probe::xdp_program,
+    probe::{attach_xdp, xdp_program},
     routes::{self, RouteDiff},
     test_run::{self, TestRunOutput},
 };
@@ -142,14 +142,7 @@ impl Dataplane {
         }
         self.detach()?;
         let name = program::XDP_GATEWAY;
-        let link = xdp_program(&mut self.ebpf, name)?
-            .attach(iface, mode)
-            .map_err(|source| DataplaneError::Attach {
-                name,
-                iface: iface.into(),
-                mode,
-                source,
-            })?;
+        let link = attach_xdp(&mut self.ebpf, name, iface, mode)?;
         self.attachment = Some(Attachment {
             iface: iface.into(),
             mode,

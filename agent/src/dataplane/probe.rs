@@ -30,17 +30,10 @@ impl Probe {
     pub fn attach(iface: &str, mode: XdpMode) -> Result<Self, DataplaneError> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT)?;
         let name = program::XDP_COUNT;
-        let prog = xdp_program(&mut ebpf, name)?;
-        prog.load()
+        xdp_program(&mut ebpf, name)?
+            .load()
             .map_err(|source| DataplaneError::Program { name, source })?;
-        let link = prog
-            .attach(iface, mode)
-            .map_err(|source| DataplaneError::Attach {
-                name,
-                iface: iface.into(),
-                mode,
-                source,
-            })?;
+        let link = attach_xdp(&mut ebpf, name, iface, mode)?;
         Ok(Self {
             ebpf,
             link: Some(link),
@@ -92,4 +85,21 @@ pub(super) fn xdp_program<'a>(
         })?
         .try_into()
         .map_err(|source| DataplaneError::Program { name, source })
+}
+
+/// Attaches the loaded program `name` to `iface` in `mode`, naming all three on failure.
+pub(super) fn attach_xdp(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<XdpLinkId, DataplaneError> {
+    xdp_program(ebpf, name)?
+        .attach(iface, mode)
+        .map_err(|source| DataplaneError::Attach {
+            name,
+            iface: iface.into(),
+            mode,
+            source,
+        })
 }

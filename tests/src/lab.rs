@@ -23,9 +23,19 @@ pub const QUIC_PORT: u16 = 7443;
 /// Its REST API, on the coordinator namespace's loopback.
 pub const API_ADDR: &str = "127.0.0.1:7080";
 
-/// A built workspace binary (`meshgate-agent`, `meshgate-coordinator`), next to the
-/// test executable's own profile directory.
+/// A built workspace binary (`meshgate-agent`, `meshgate-coordinator`): in
+/// `$MESHGATE_BIN_DIR` when set (`cargo xtask demo`/`bench` point it at their profile),
+/// otherwise next to the test executable's own profile directory.
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("MESHGATE_BIN_DIR") {
+        let candidate = PathBuf::from(dir).join(name);
+        anyhow::ensure!(
+            candidate.is_file(),
+            "{name} is not in MESHGATE_BIN_DIR ({})",
+            candidate.display()
+        );
+        return Ok(candidate);
+    }
     let exe = std::env::current_exe().context("no current exe")?;
     // target/<profile>/deps/<test> or target/<profile>/<exe>
     for dir in exe.ancestors().skip(1).take(2) {

@@ -11,10 +11,12 @@
 //! [`require_root`] at their start so that running them by hand without root fails with
 //! the reason instead of an obscure error.
 
+pub mod bench;
 pub mod ha;
 pub mod http;
 pub mod lab;
 mod netns;
+pub mod probe;
 mod process;
 mod wait;
 

@@ -88,6 +88,10 @@ pub struct Flip {
     pub steps: Vec<(String, u64)>,
     /// Wall-clock time of the flip, milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
+    /// When its first step started, microseconds since the Unix epoch (to line the flip
+    /// up with the coordinator's events and with traffic).
+    #[serde(default)]
+    pub started_unix_us: u64,
 }
 
 /// Packet counters.

@@ -22,7 +22,9 @@ use crate::metrics::Metrics;
 use crate::registry::{AuthError, Participant, Registry};
 use crate::relay::{Sender, Table};
 
+mod events;
 mod views;
+pub use events::{EventLog, NodeEvent};
 pub use views::ReplicaView;
 
 /// Failed registrations allowed per source address per window before refusing.
@@ -61,6 +63,8 @@ pub struct Hub {
     pub registry: Registry,
     /// Counters.
     pub metrics: Metrics,
+    /// Recent election events per node.
+    pub events: EventLog,
     timings: Timings,
     /// How long a replica that asked for handover overlaps its successor.
     handover_overlap: Duration,
@@ -93,6 +97,7 @@ impl Hub {
         Self {
             registry,
             metrics: Metrics::default(),
+            events: EventLog::default(),
             timings,
             handover_overlap,
             mesh,
@@ -284,6 +289,10 @@ impl Hub {
         self.execute(&st, id, actions);
         self.rebuild(&st, now);
         self.metrics.registrations.fetch_add(1, Relaxed);
+        if kind == Kind::Node {
+            self.events
+                .record(id, "registered", &hello.replica_id, epoch, None);
+        }
         tracing::info!(conn = conn_id, kind = ?kind, node = %name, replica = %hello.replica_id, %mesh_ip, role = role_name(role), epoch, origin = %origin, "registered");
         Ok((conn_id, rx))
     }
@@ -324,6 +333,11 @@ impl Hub {
         let event = make(conn);
         let is_disconnect = matches!(event, Event::Disconnected { .. });
         let is_handover = matches!(event, Event::HandoverRequested { .. });
+        let replica = st
+            .sessions
+            .get(&conn)
+            .map(|s| s.replica_id.clone())
+            .unwrap_or_default();
         if is_disconnect {
             st.sessions.remove(&conn);
         }
@@ -331,6 +345,14 @@ impl Hub {
             return;
         };
         let actions = el.handle(now, event);
+        if is_disconnect || is_handover {
+            let what = if is_disconnect {
+                "disconnected"
+            } else {
+                "handover_requested"
+            };
+            self.events.record(node, what, &replica, el.epoch(), None);
+        }
         if is_handover && el.active(now) == Some(conn) {
             tracing::info!(%node, conn, "handover deferred until a healthy standby exists (and any handover in progress ends); the active keeps serving");
         }
@@ -434,10 +456,20 @@ impl Hub {
                         .get(&conn)
                         .map(|s| s.replica_id.as_str())
                         .unwrap_or("?");
-                    tracing::info!(%node, replica, epoch, after_expiry_ms = after_expiry.map(|d| d.as_millis() as u64), "promoted");
+                    let after_expiry_ms = after_expiry.map(|d| d.as_millis() as u64);
+                    tracing::info!(%node, replica, epoch, after_expiry_ms, "promoted");
+                    self.events
+                        .record(node, "promoted", replica, epoch, after_expiry_ms);
                 }
                 Action::LeaseExpired { conn, epoch } => {
-                    tracing::info!(%node, conn, epoch, "lease expired")
+                    let replica = st
+                        .sessions
+                        .get(&conn)
+                        .map(|s| s.replica_id.as_str())
+                        .unwrap_or("?");
+                    tracing::info!(%node, conn, replica, epoch, "lease expired");
+                    self.events
+                        .record(node, "lease_expired", replica, epoch, None);
                 }
             }
         }
@@ -500,6 +532,7 @@ impl Hub {
             self.drop_session(&mut st, c, RefuseCode::DELETED, "deleted", now);
         }
         st.elections.remove(&id);
+        self.events.forget(id);
         drop(st);
         self.routes_changed();
     }

@@ -42,6 +42,8 @@ pub struct Replica {
     pub lan_ip: String,
     /// The running agent, if started.
     pub agent: Option<Agent>,
+    /// The replica id its agent reported (the coordinator's events name replicas by it).
+    pub replica_id: Option<String>,
 }
 
 /// The topology. Field order is drop order: agents go before their namespaces.
@@ -93,6 +95,7 @@ impl Ha {
                 ns,
                 lan_ip,
                 agent: None,
+                replica_id: None,
             });
         }
         let device = lab.host("device")?;
@@ -116,7 +119,11 @@ impl Ha {
         let agent =
             self.lab
                 .start_agent(&r.ns, &format!("replica-{}", r.name), &self.node.1, &all)?;
+        let id = agent.status(&r.ns)?["replica_id"]
+            .as_str()
+            .map(str::to_owned);
         self.replicas[i].agent = Some(agent);
+        self.replicas[i].replica_id = id;
         Ok(())
     }
 
@@ -128,6 +135,14 @@ impl Ha {
                     .start_agent(&self.device, "device", &self.device_token, &[])?,
             );
         Ok(())
+    }
+
+    /// The name (`a`, `b`, …) of the replica with this replica id, or the id itself.
+    pub fn replica_name(&self, replica_id: &str) -> String {
+        self.replicas
+            .iter()
+            .find(|r| r.replica_id.as_deref() == Some(replica_id))
+            .map_or_else(|| replica_id.to_owned(), |r| r.name.clone())
     }
 
     /// Replica `i`'s agent.

@@ -238,6 +238,7 @@ impl Plumbing {
             return Ok(None);
         }
         let started = Instant::now();
+        let started_unix_us = unix_us(SystemTime::now());
         let mut steps = Vec::with_capacity(actions.len());
         let mut to = None;
         for action in actions {
@@ -266,9 +267,8 @@ impl Plumbing {
             epoch,
             duration_us,
             steps,
-            at_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            at_unix_ms: unix_us(SystemTime::now()) / 1000,
+            started_unix_us,
         }))
     }
 
@@ -557,4 +557,10 @@ fn micros(d: Duration) -> u64 {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Plain handles: a panic elsewhere leaves them usable.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Microseconds since the Unix epoch.
+fn unix_us(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }

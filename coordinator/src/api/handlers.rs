@@ -103,6 +103,11 @@ async fn connections(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res
     Ok(ok(StatusCode::OK, api.hub.connections(n.id)))
 }
 
+async fn events(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
+    let n = api.hub.registry.node(parse_id("node", &id)?)?;
+    Ok(ok(StatusCode::OK, api.hub.events.of(n.id)))
+}
+
 #[derive(Deserialize)]
 struct NewRoute {
     network: String,
@@ -180,6 +185,7 @@ pub fn routes() -> Router<Arc<Api>> {
         .route("/api/v1/nodes/{id}", get(show_node).delete(delete_node))
         .route("/api/v1/nodes/{id}/token", get(node_token))
         .route("/api/v1/nodes/{id}/connections", get(connections))
+        .route("/api/v1/nodes/{id}/events", get(events))
         .route(
             "/api/v1/nodes/{id}/routes",
             get(list_routes).post(add_route),

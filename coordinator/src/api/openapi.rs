@@ -43,6 +43,7 @@ pub async fn document() -> Json<Value> {
             "/api/v1/nodes/{id}": {"parameters": id, "get": op("Show a node", None), "delete": op("Delete a node, its routes and Mesh IPs", None)},
             "/api/v1/nodes/{id}/token": {"parameters": id, "get": op("The node's token", None)},
             "/api/v1/nodes/{id}/connections": {"parameters": id, "get": op("Connected replicas with ha_status", None)},
+            "/api/v1/nodes/{id}/events": {"parameters": id, "get": op("Recent election events (registered, disconnected, lease_expired, handover_requested, promoted) with at_unix_us", None)},
             "/api/v1/nodes/{id}/routes": {
                 "parameters": id,
                 "get": op("List the node's routes", None),

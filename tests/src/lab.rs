@@ -66,9 +66,14 @@ pub struct Lab {
 impl Lab {
     /// Creates the transport bridge and the coordinator's namespace (not started).
     pub fn new() -> anyhow::Result<Self> {
+        // `cargo xtask demo` keeps its lab (logs, state dirs) under `target/demo`.
+        let parent =
+            std::env::var_os("MESHGATE_LAB_PARENT").map_or_else(std::env::temp_dir, PathBuf::from);
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("failed to create {}", parent.display()))?;
         let dir = tempfile::Builder::new()
             .prefix("meshgate-lab-")
-            .tempdir()
+            .tempdir_in(&parent)
             .context("failed to create a temp dir")?;
         let wan = Lan::new("wan")?;
         let coord = Netns::new("coord")?;

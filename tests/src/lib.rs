@@ -21,7 +21,7 @@ pub mod probe;
 mod process;
 mod wait;
 
-pub use netns::{Lan, Netns, sweep_stale, veth};
+pub use netns::{Lan, Netns, remove_run, sweep_stale, veth};
 pub use process::Process;
 pub use wait::{wait_until, wait_until_ok};
 

@@ -121,22 +121,46 @@ fn delete(name: &str) {
 /// Removes namespaces that a killed test run left behind: those named `mgt-<pid>-…` whose
 /// process is gone. A concurrent run keeps its own. Called once per process automatically.
 pub fn sweep_stale() {
-    let Ok(list) = run(Command::new("ip").args(["netns", "list"])) else {
-        return;
-    };
-    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = name
-            .strip_prefix(PREFIX)
-            .and_then(|r| r.strip_prefix('-'))
-            .and_then(|r| r.split('-').next())
-        else {
-            continue;
-        };
-        if !Path::new("/proc").join(pid).exists() {
+    for (name, pid) in owned_namespaces() {
+        if !Path::new("/proc").join(pid.to_string()).exists() {
             eprintln!("harness: removing stale namespace {name} (its run, pid {pid}, is gone)");
-            delete(name);
+            delete(&name);
         }
     }
+}
+
+/// Removes every namespace run `pid` created, with the processes in it (`cargo xtask
+/// demo` on Ctrl-C, when its guards cannot run). Returns how many it removed.
+pub fn remove_run(pid: u32) -> usize {
+    let mine: Vec<String> = owned_namespaces()
+        .into_iter()
+        .filter(|(_, p)| *p == pid)
+        .map(|(name, _)| name)
+        .collect();
+    for name in &mine {
+        delete(name);
+    }
+    mine.len()
+}
+
+/// Every `mgt-<pid>-…` namespace with its run's pid.
+fn owned_namespaces() -> Vec<(String, u32)> {
+    let Ok(list) = run(Command::new("ip").args(["netns", "list"])) else {
+        return Vec::new();
+    };
+    list.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|name| {
+            let pid = name
+                .strip_prefix(PREFIX)?
+                .strip_prefix('-')?
+                .split('-')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), pid))
+        })
+        .collect()
 }
 
 /// Creates a veth pair between two namespaces, `a_if` in `a` and `b_if` in `b`, both up.

@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything a developer or CI runs, on a fresh Debian machine or a warm one.
 
 mod cmd;
+mod demo;
 mod ebpf;
 mod setup;
 mod test;
@@ -24,6 +25,9 @@ enum Task {
     /// Setup if needed, build-ebpf, the workspace tests, then (as root) the namespace tests
     /// one at a time.
     Test(test::TestArgs),
+    /// The HA demo: an HA gateway in network namespaces, traffic both ways, `kill -9` of
+    /// the active replica, and the failover's timeline and outage (root).
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +35,6 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::BuildEbpf => ebpf::build(),
         Task::Test(args) => test::run(&args),
+        Task::Demo(args) => demo::run(&args),
     }
 }

@@ -58,8 +58,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     }
     watch_ctrl_c();
     let started = Instant::now();
-    let ha = topology()?;
-    let result = show(&ha);
+    let mut ha = topology()?;
+    let result = show(&mut ha);
     let logs = save_logs(&ha, &demo_dir.join("logs"));
     if let Err(e) = &result {
         eprintln!("\n!! the demo failed: {e:#}");
@@ -177,7 +177,7 @@ fn topology() -> anyhow::Result<Ha> {
     Ok(ha)
 }
 
-fn show(ha: &Ha) -> anyhow::Result<()> {
+fn show(ha: &mut Ha) -> anyhow::Result<()> {
     let device_ip = ha.device_mesh_ip()?;
     say("traffic through the active replica");
     ha.wait_ping(&ha.device, HOST_IP)?;
@@ -198,6 +198,16 @@ fn show(ha: &Ha) -> anyhow::Result<()> {
     say("kill -9 of the active replica, with probes running both ways (500 packets/s each)");
     let run = ha.measure_failover(Fault::Kill, 9300, Duration::from_millis(1000))?;
     print_run(&run);
+
+    let old = ha.replicas[run.from].name.clone();
+    timed(
+        &format!("restarting replica {old}: it rejoins as standby, no flap back"),
+        || {
+            ha.start_replica(run.from, &[])?;
+            ha.wait_forwarding(run.from, "standby")?;
+            ha.wait_forwarding(run.to, "active").map(drop)
+        },
+    )?;
 
     say(&format!(
         "`meshgate-agent status` on replica {}, the new active",

@@ -16,6 +16,7 @@ pub mod http;
 pub mod lab;
 mod netns;
 mod process;
+pub mod traffic;
 mod wait;
 
 pub use netns::{Lan, Netns, sweep_stale, veth};

@@ -44,22 +44,33 @@ pub fn pattern(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// What one [`tcp_send`] delivered.
+pub struct Transfer {
+    /// Every byte the server read, until the client closed.
+    pub bytes: Vec<u8>,
+    /// The MSS the server's socket sends with (`TCP_MAXSEG`): the client's SYN option as
+    /// it arrived, after any clamp on the way.
+    pub server_mss: u32,
+}
+
 /// Sends `data` over one TCP connection from `client` to a listener in `server` on
-/// `ip:port`, closes it, and returns everything the server read until end of stream.
+/// `ip:port`, closes it, and returns what the server received.
 pub fn tcp_send(
     server: &Netns,
     client: &Netns,
     ip: &str,
     port: u16,
     data: &[u8],
-) -> anyhow::Result<Vec<u8>> {
+) -> anyhow::Result<Transfer> {
     let listener = server.enter(|| TcpListener::bind(("0.0.0.0", port)))??;
-    let sink = std::thread::spawn(move || -> anyhow::Result<Vec<u8>> {
+    let sink = std::thread::spawn(move || -> anyhow::Result<Transfer> {
         let (mut conn, _) = listener.accept()?;
+        let server_mss = tcp_maxseg(&conn)?;
         conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut got = Vec::new();
-        conn.read_to_end(&mut got).context("reading the transfer")?;
-        Ok(got)
+        let mut bytes = Vec::new();
+        conn.read_to_end(&mut bytes)
+            .context("reading the transfer")?;
+        Ok(Transfer { bytes, server_mss })
     });
     let target = format!("{ip}:{port}");
     let sent = data.to_vec();
@@ -73,6 +84,27 @@ pub fn tcp_send(
     })??;
     sink.join()
         .map_err(|_| anyhow::anyhow!("the receiving thread panicked"))?
+}
+
+fn tcp_maxseg(conn: &TcpStream) -> anyhow::Result<u32> {
+    let mut mss: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid socket fd, and pointers to a live c_int and its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&raw mut mss).cast(),
+            &raw mut len,
+        )
+    };
+    anyhow::ensure!(
+        rc == 0,
+        "getsockopt(TCP_MAXSEG): {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(u32::try_from(mss)?)
 }
 
 /// Runs `ping args…` in `ns` and returns what it printed (stdout and stderr), whatever

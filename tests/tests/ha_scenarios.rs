@@ -361,11 +361,29 @@ fn i_spoofed_sources_and_standby_datagrams_are_dropped_and_counted() -> anyhow::
     Ok(())
 }
 
+/// Sends `SIZE` pseudo-random bytes over one TCP connection and checks that they arrive
+/// intact; returns the MSS the receiver uses.
+fn bulk(server: &Netns, client: &Netns, ip: &str, port: u16) -> anyhow::Result<u32> {
+    const SIZE: usize = 10 << 20;
+    let sent = pattern(SIZE, u64::from(port));
+    let got = tcp_send(server, client, ip, port, &sent)?;
+    anyhow::ensure!(
+        got.bytes == sent,
+        "{} -> {ip}: {} of {SIZE} bytes arrived, intact: {}",
+        client.name(),
+        got.bytes.len(),
+        got.bytes == sent
+    );
+    Ok(got.server_mss)
+}
+
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn j_large_transfers_and_path_mtu_work_both_ways() -> anyhow::Result<()> {
-    const SIZE: usize = 10 << 20;
-    let ha = started(2)?;
+    require_root()?;
+    let mut ha = Ha::new(2)?.with_second_node()?;
+    ha.start_second_node(&[])?;
+    ha.start_all(&[])?;
     let device_ip = ha.device_mesh_ip()?;
     ha.wait_ping(&ha.device, HOST_IP)?;
     ha.wait_ping(&ha.host, &device_ip)?;
@@ -374,24 +392,25 @@ fn j_large_transfers_and_path_mtu_work_both_ways() -> anyhow::Result<()> {
         (576..1500).contains(&mtu),
         "the tunnel MTU ({mtu}) is below the LAN's, or this test proves nothing"
     );
+    let clamped = u32::try_from(mtu)? - 40;
 
-    let up = pattern(SIZE, 1);
-    let got = tcp_send(&ha.host, &ha.device, HOST_IP, 5500, &up)?;
-    assert!(
-        got == up,
-        "device -> host: {} of {SIZE} bytes, equal: {}",
-        got.len(),
-        got == up
-    );
-    let down = pattern(SIZE, 2);
-    let got = tcp_send(&ha.device, &ha.host, &device_ip, 5501, &down)?;
-    assert!(
-        got == down,
-        "host -> device: {} of {SIZE} bytes, equal: {}",
-        got.len(),
-        got == down
-    );
-
+    bulk(&ha.host, &ha.device, HOST_IP, 5500)?;
+    bulk(&ha.device, &ha.host, &device_ip, 5501)?;
+    // Between two LAN hosts both ends have a 1500-byte MTU: only the gateways' MSS clamp
+    // keeps the segments small enough for the tunnels.
+    let site = ha.site()?;
+    ha.wait_ping(&ha.host, SECOND_HOST_IP)?;
+    for (server, client, ip, port) in [
+        (&site.host, &ha.host, SECOND_HOST_IP, 5502),
+        (&ha.host, &site.host, HOST_IP, 5503),
+    ] {
+        let mss = bulk(server, client, ip, port)?;
+        assert!(
+            mss <= clamped,
+            "{} sends with MSS {mss}: the SYN was not clamped to {clamped}",
+            server.name()
+        );
+    }
     // Full-size packets with DF: the sender learns the path MTU instead of losing them.
     let out = ping(
         &ha.host,

@@ -18,9 +18,10 @@ use meshgate_proto::{
 use tokio::sync::mpsc;
 
 use crate::election::{self, Action, ConnId, Election, Event, Out};
+use crate::icmp::Limiter;
 use crate::metrics::Metrics;
 use crate::registry::{AuthError, Participant, Registry};
-use crate::relay::{Sender, Table};
+use crate::relay::{Errors, Sender, Table};
 
 mod events;
 mod views;
@@ -72,6 +73,7 @@ pub struct Hub {
     colo: String,
     state: Mutex<State>,
     table: RwLock<Arc<Table>>,
+    icmp_limit: Arc<Limiter>,
     next_conn: AtomicU64,
     fails: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
@@ -104,6 +106,7 @@ impl Hub {
             colo,
             state: Mutex::default(),
             table: RwLock::default(),
+            icmp_limit: Arc::default(),
             next_conn: AtomicU64::new(1),
             fails: Mutex::default(),
         }
@@ -504,7 +507,11 @@ impl Hub {
             .into_iter()
             .map(|r| (r.network, r.node_id));
         let participants: Vec<_> = participants.collect();
-        let table = Arc::new(Table::build(participants, routes, active));
+        let errors = Errors {
+            mesh: self.mesh,
+            limiter: self.icmp_limit.clone(),
+        };
+        let table = Arc::new(Table::build(participants, routes, active, errors));
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
     }
 

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod election;
 pub mod hub;
+pub mod icmp;
 pub mod identity;
 pub mod ipam;
 pub mod metrics;

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub packets: AtomicU64,
     /// Bytes relayed.
     pub bytes: AtomicU64,
+    /// ICMP errors sent back for datagrams that could not be delivered.
+    pub icmp_errors: AtomicU64,
     drops: [AtomicU64; 7],
     /// Promotions that replaced an expired lease.
     pub failovers: AtomicU64,
@@ -104,6 +106,12 @@ impl Metrics {
             "Bytes relayed.",
             "counter",
             self.bytes.load(Relaxed),
+        );
+        c(
+            "meshgate_icmp_errors_sent_total",
+            "ICMP errors sent back for undeliverable datagrams.",
+            "counter",
+            self.icmp_errors.load(Relaxed),
         );
         c(
             "meshgate_failovers_total",

@@ -3,6 +3,7 @@
 //! datagrams handed to the relay. A malformed control message closes only that
 //! connection, with the reason logged.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,77 @@ pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig> {
         .max_concurrent_bidi_streams(1u32.into());
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
+}
+
+/// The QUIC endpoint on `addr`, with a stateless-reset key that outlives this process
+/// ([`Identity::reset_key`]).
+pub fn endpoint(id: &Identity, addr: SocketAddr) -> Result<quinn::Endpoint> {
+    let mut config = quinn::EndpointConfig::new(Arc::new(ResetKey(id.reset_key())));
+    // quinn's default generator signs its ids with a per-process key and ignores packets
+    // for ids it did not sign, so a restarted coordinator would never send the reset.
+    config.cid_generator(|| Box::new(RandomCids));
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    Ok(quinn::Endpoint::new(
+        config,
+        Some(server_config(id)?),
+        socket,
+        runtime,
+    )?)
+}
+
+/// Random 8-byte connection ids, accepted from any earlier run (see [`endpoint`]).
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        use rand::RngCore as _;
+        let mut id = [0u8; 8];
+        rand::rng().fill_bytes(&mut id);
+        quinn::ConnectionId::new(&id)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// HMAC-SHA256 under a fixed key: how quinn derives stateless-reset tokens from
+/// connection ids.
+struct ResetKey([u8; 32]);
+
+impl ResetKey {
+    fn mac(&self, data: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac as _;
+        let mut mac = <hmac::Hmac<sha2::Sha256>>::new_from_slice(&self.0)
+            .expect("HMAC takes keys of any length");
+        mac.update(data);
+        mac
+    }
+}
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        use hmac::Mac as _;
+        let tag = self.mac(data).finalize().into_bytes();
+        let n = signature_out.len().min(tag.len());
+        signature_out[..n].copy_from_slice(&tag[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        use hmac::Mac as _;
+        self.mac(data)
+            .verify_slice(signature)
+            .map_err(|_| quinn::crypto::CryptoError)
+    }
 }
 
 /// Accept connections until the endpoint closes.

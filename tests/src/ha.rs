@@ -8,6 +8,11 @@
 //!
 //! Node `web` (HA) advertises the LAN; the device reaches the host through the active
 //! replica, and the host reaches the device's Mesh IP through the VIP.
+//!
+//! [`Ha::with_second_node`] adds a second site for subnet ↔ subnet traffic: node `db`
+//! (one replica, its own transport address) advertising `192.168.60.0/24`, whose LAN host
+//! `.100` routes the mesh and the first LAN via `db`'s gateway IP `.1`; the first LAN
+//! host routes the second LAN via the VIP.
 
 use std::{
     io::{Read, Write},
@@ -29,6 +34,12 @@ pub const LAN_CIDR: &str = "192.168.50.0/24";
 pub const VIP: &str = "192.168.50.1/24";
 /// The LAN host.
 pub const HOST_IP: &str = "192.168.50.100";
+/// The second node's LAN.
+pub const SECOND_LAN_CIDR: &str = "192.168.60.0/24";
+/// The second node's gateway IP.
+pub const SECOND_GATEWAY: &str = "192.168.60.1/24";
+/// The second LAN's host.
+pub const SECOND_HOST_IP: &str = "192.168.60.100";
 /// How long a role change may take in these tests (the outage bound lives in benchmarks).
 pub const SETTLE: Duration = Duration::from_secs(10);
 
@@ -46,8 +57,24 @@ pub struct Replica {
     pub replica_id: Option<String>,
 }
 
+/// A second node with one replica and its own LAN and host. Field order is drop order.
+pub struct Site {
+    /// The replica's agent, if started.
+    pub agent: Option<Agent>,
+    /// The replica's namespace (transport `eth0`, LAN `eth1` at `192.168.60.11`).
+    pub ns: Netns,
+    /// The LAN host, `192.168.60.100`.
+    pub host: Netns,
+    /// The LAN bridge.
+    pub lan: Lan,
+    /// The node's id and token.
+    pub node: (String, String),
+}
+
 /// The topology. Field order is drop order: agents go before their namespaces.
 pub struct Ha {
+    /// The second site, if built ([`Ha::with_second_node`]).
+    pub second: Option<Site>,
     /// The replicas.
     pub replicas: Vec<Replica>,
     /// The device's agent.
@@ -79,10 +106,7 @@ impl Ha {
         let host = Netns::new("host")?;
         lan.attach(&host, "eth0")?;
         host.ip(&format!("addr add {HOST_IP}/24 dev eth0"))?;
-        host.ip(&format!(
-            "route add 100.96.0.0/12 via {}",
-            VIP.split('/').next().unwrap_or_default()
-        ))?;
+        host.ip(&format!("route add 100.96.0.0/12 via {}", addr(VIP)))?;
         let mut list = Vec::new();
         for i in 0..replicas {
             let name = ((b'a' + i as u8) as char).to_string();
@@ -100,6 +124,7 @@ impl Ha {
         }
         let device = lab.host("device")?;
         Ok(Self {
+            second: None,
             replicas: list,
             device_agent: None,
             device,
@@ -109,6 +134,66 @@ impl Ha {
             device_token,
             lab,
         })
+    }
+
+    /// Adds the second site (see the module docs): node `db`, not HA, advertising
+    /// [`SECOND_LAN_CIDR`], its replica namespace, LAN and host, and the routes both LAN
+    /// hosts need to reach each other. Its agent is not started.
+    pub fn with_second_node(mut self) -> anyhow::Result<Self> {
+        let node = self.lab.create_node("db", false)?;
+        self.lab.add_route(&node.0, SECOND_LAN_CIDR)?;
+        let lan = Lan::new("lan2")?;
+        let host = Netns::new("host2")?;
+        lan.attach(&host, "eth0")?;
+        host.ip(&format!("addr add {SECOND_HOST_IP}/24 dev eth0"))?;
+        let gateway = addr(SECOND_GATEWAY);
+        host.ip(&format!("route add 100.96.0.0/12 via {gateway}"))?;
+        host.ip(&format!("route add {LAN_CIDR} via {gateway}"))?;
+        self.host
+            .ip(&format!("route add {SECOND_LAN_CIDR} via {}", addr(VIP)))?;
+        let ns = self.lab.host("db")?;
+        lan.attach(&ns, "eth1")?;
+        ns.ip("addr add 192.168.60.11/24 dev eth1")?;
+        self.second = Some(Site {
+            agent: None,
+            ns,
+            host,
+            lan,
+            node,
+        });
+        Ok(self)
+    }
+
+    /// The second site; fails if [`Ha::with_second_node`] was not called.
+    pub fn site(&self) -> anyhow::Result<&Site> {
+        self.second
+            .as_ref()
+            .context("no second node in this topology")
+    }
+
+    /// Starts the second node's agent and waits until it forwards.
+    pub fn start_second_node(&mut self, flags: &[&str]) -> anyhow::Result<()> {
+        let site = self.second.as_ref().context("no second node")?;
+        let mut all = vec!["--lan-iface", "eth1", "--gateway-ip", SECOND_GATEWAY];
+        all.extend_from_slice(flags);
+        let agent = self
+            .lab
+            .start_agent(&site.ns, "replica-db", &site.node.1, &all)?;
+        agent.wait_forwarding(&site.ns, "active", SETTLE)?;
+        if let Some(site) = self.second.as_mut() {
+            site.agent = Some(agent);
+        }
+        Ok(())
+    }
+
+    /// Starts every replica with `flags` (the first becomes active, the others standby)
+    /// and then the device.
+    pub fn start_all(&mut self, flags: &[&str]) -> anyhow::Result<()> {
+        for i in 0..self.replicas.len() {
+            self.start_replica(i, flags)?;
+            self.wait_forwarding(i, if i == 0 { "active" } else { "standby" })?;
+        }
+        self.start_device()
     }
 
     /// Starts replica `i`'s agent with extra flags and waits until it is connected.
@@ -179,10 +264,20 @@ impl Ha {
 
     /// Waits until `ns` can ping `dst` (one reply within a second, retried).
     pub fn wait_ping(&self, ns: &Netns, dst: &str) -> anyhow::Result<()> {
-        wait_until(SETTLE, &format!("ping from {} to {dst}", ns.name()), || {
-            Ok(ns.exec("ping", &["-c", "1", "-W", "1", dst]).is_ok())
-        })
+        wait_ping(ns, dst)
     }
+}
+
+/// Waits until `ns` can ping `dst` (one reply within a second, retried for [`SETTLE`]).
+pub fn wait_ping(ns: &Netns, dst: &str) -> anyhow::Result<()> {
+    wait_until(SETTLE, &format!("ping from {} to {dst}", ns.name()), || {
+        Ok(ns.exec("ping", &["-c", "1", "-W", "1", dst]).is_ok())
+    })
+}
+
+/// The address part of `A.B.C.D/N`.
+fn addr(cidr: &str) -> &str {
+    cidr.split('/').next().unwrap_or_default()
 }
 
 /// Sends `payload` over TCP from `client` to a listener in `server` at `ip:port`, and

@@ -178,6 +178,18 @@ impl Lab {
         Ok(r.result()?.as_array().cloned().unwrap_or_default())
     }
 
+    /// The coordinator's `GET /api/v1/stats` result (counters, drops by reason).
+    pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(self.api()?.get("/api/v1/stats")?.result()?.clone())
+    }
+
+    /// How many datagrams the coordinator dropped for `reason` (e.g. `spoofed`).
+    pub fn drops(&self, reason: &str) -> anyhow::Result<u64> {
+        self.stats()?["drops"][reason]
+            .as_u64()
+            .with_context(|| format!("no drop reason {reason:?} in the stats"))
+    }
+
     /// A new namespace on the transport network, with the next free address.
     pub fn host(&self, tag: &str) -> anyhow::Result<Netns> {
         let ns = Netns::new(tag)?;

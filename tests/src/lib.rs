@@ -19,6 +19,7 @@ pub mod lab;
 mod netns;
 pub mod probe;
 mod process;
+pub mod traffic;
 mod wait;
 
 pub use netns::{Lan, Netns, remove_run, sweep_stale, veth};

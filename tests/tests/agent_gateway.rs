@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use meshgate_tests::{
     Netns,
-    ha::{HOST_IP, Ha, tcp_echo, udp_echo},
-    require_root, wait_until,
+    ha::{HOST_IP, Ha},
+    require_root,
+    traffic::connectivity,
+    wait_until,
 };
 
 const ACTIVE_TABLE: &str = "7301";
@@ -67,11 +69,7 @@ fn assert_clean(ns: &Netns) -> anyhow::Result<()> {
 fn started(xdp: &str) -> anyhow::Result<Ha> {
     require_root()?;
     let mut ha = Ha::new(2)?;
-    ha.start_replica(0, &["--xdp-mode", xdp])?;
-    ha.wait_forwarding(0, "active")?;
-    ha.start_replica(1, &["--xdp-mode", xdp])?;
-    ha.wait_forwarding(1, "standby")?;
-    ha.start_device()?;
+    ha.start_all(&["--xdp-mode", xdp])?;
     Ok(ha)
 }
 
@@ -95,18 +93,7 @@ fn traffic_flows_both_ways(xdp: &str) -> anyhow::Result<()> {
     );
     let device_ip = ha.device_mesh_ip()?;
 
-    ha.wait_ping(&ha.device, HOST_IP)?;
-    ha.wait_ping(&ha.host, &device_ip)?;
-    tcp_echo(&ha.host, &ha.device, HOST_IP, 5001, &vec![7u8; 200_000])?;
-    tcp_echo(
-        &ha.device,
-        &ha.host,
-        &device_ip,
-        5002,
-        b"from the LAN to the device",
-    )?;
-    udp_echo(&ha.host, &ha.device, HOST_IP, 5003)?;
-    udp_echo(&ha.device, &ha.host, &device_ip, 5004)?;
+    connectivity(&ha.device, &device_ip, &ha.host, HOST_IP, 5001)?;
 
     let (a, b) = (&ha.replicas[0].ns, &ha.replicas[1].ns);
     assert_eq!(selected_table(a)?.as_deref(), Some(ACTIVE_TABLE));

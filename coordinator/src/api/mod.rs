@@ -173,6 +173,7 @@ async fn stats(State(api): State<Arc<Api>>) -> Response {
             "participants_connected": participants,
             "packets_relayed": m.packets.load(R),
             "bytes_relayed": m.bytes.load(R),
+            "icmp_errors_sent": m.icmp_errors.load(R),
             "failovers": m.failovers.load(R),
             "registrations": m.registrations.load(R),
             "auth_failures": m.auth_failures.load(R),

@@ -15,7 +15,10 @@ use anyhow::{Context, bail};
 use meshgate_tests::{
     Netns,
     failover::{FailoverRun, Fault},
-    ha::{HOST_IP, Ha, LAN_CIDR, VIP, tcp_echo, udp_echo},
+    ha::{
+        HOST_IP, Ha, LAN_CIDR, SECOND_GATEWAY, SECOND_HOST_IP, SECOND_LAN_CIDR, VIP, tcp_echo,
+        udp_echo,
+    },
     lab::{COORDINATOR_IP, QUIC_PORT, bin},
 };
 
@@ -145,7 +148,7 @@ fn topology() -> anyhow::Result<Ha> {
     say("building the topology in network namespaces");
     let mut ha = timed(
         "coordinator (embedded store), transport bridge, LAN bridge, node `web` with its route",
-        || Ha::new(2),
+        || Ha::new(2)?.with_second_node(),
     )?;
     timed("replica a", || {
         ha.start_replica(0, &[])?;
@@ -154,6 +157,9 @@ fn topology() -> anyhow::Result<Ha> {
     timed("replica b", || {
         ha.start_replica(1, &[])?;
         ha.wait_forwarding(1, "standby").map(drop)
+    })?;
+    timed("node `db` (one replica, its own LAN)", || {
+        ha.start_second_node(&[])
     })?;
     timed("device `laptop`", || ha.start_device())?;
     let device_ip = ha.device_mesh_ip()?;
@@ -173,6 +179,10 @@ fn topology() -> anyhow::Result<Ha> {
         );
     }
     println!("    LAN host      {HOST_IP}, routes 100.96.0.0/12 via {gw}");
+    println!(
+        "    node `db`     advertises {SECOND_LAN_CIDR}, gateway {}, LAN host {SECOND_HOST_IP}",
+        SECOND_GATEWAY.split('/').next().unwrap_or(SECOND_GATEWAY)
+    );
     println!("    device        Mesh IP {device_ip}");
     Ok(ha)
 }
@@ -194,6 +204,19 @@ fn show(ha: &mut Ha) -> anyhow::Result<()> {
     );
     tcp_echo(&ha.device, &ha.host, &device_ip, 5002, b"from the LAN")?;
     udp_echo(&ha.device, &ha.host, &device_ip, 5004)?;
+    let site = ha.site()?;
+    ha.wait_ping(&ha.host, SECOND_HOST_IP)?;
+    println!(
+        "    LAN host → db's LAN host {SECOND_HOST_IP}   ping {} (subnet to subnet through the mesh)",
+        rtt(&ha.host, SECOND_HOST_IP)?
+    );
+    tcp_echo(
+        &site.host,
+        &ha.host,
+        SECOND_HOST_IP,
+        5005,
+        &vec![9u8; 100_000],
+    )?;
 
     say("kill -9 of the active replica, with probes running both ways (500 packets/s each)");
     let run = ha.measure_failover(Fault::Kill, 9300, Duration::from_millis(1000))?;

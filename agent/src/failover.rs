@@ -211,6 +211,15 @@ impl Failover {
     /// Feeds one event; returns the steps to apply, in order.
     pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
         let mut actions = Vec::new();
+        // A lease that ran out while nobody looked (the process was frozen or starved, so
+        // no tick came) fences the data plane before anything this event asks for.
+        if matches!(self.forwarding, Forwarding::Active { .. })
+            && self.mode == Mode::Node
+            && self.lease_deadline.is_none_or(|d| now >= d)
+        {
+            let fenced = Forwarding::Fenced { epoch: self.epoch };
+            self.transition(fenced, &mut actions);
+        }
         match event {
             Event::Status {
                 role,

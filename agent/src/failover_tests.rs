@@ -127,6 +127,49 @@ fn an_expired_lease_fences_before_the_coordinator_says_anything() {
 }
 
 #[test]
+fn a_frozen_active_fences_before_it_applies_anything_else_when_it_wakes() {
+    let (mut core, _) = started();
+    let now = Instant::now();
+    core.handle(now, status(Role::Active, 1, None, Some(now + LEASE)));
+    // Frozen past the deadline: no tick came. The first event after the wake, whatever it
+    // is, first fences; only then is it applied.
+    let woke = now + LEASE * 5;
+    let a: Ipv4Net = "100.96.0.0/12".parse().unwrap();
+    let actions = core.handle(woke, Event::Routes(vec![a]));
+    assert_eq!(
+        actions[..2],
+        [
+            Action::SetXdpRole {
+                role: Role::Fenced,
+                epoch: 1
+            },
+            Action::ReleaseVip
+        ]
+    );
+    assert_eq!(actions.last(), Some(&Action::InstallRoutes(vec![a])));
+    // The coordinator's news that another replica took over then makes it a standby.
+    let actions = core.handle(woke, status(Role::Standby, 2, Some(peer(3)), None));
+    assert!(
+        !actions.iter().any(|a| matches!(
+            a,
+            Action::AcquireVip
+                | Action::SetXdpRole {
+                    role: Role::Active,
+                    ..
+                }
+        )),
+        "{actions:?}"
+    );
+    assert_eq!(
+        core.forwarding(),
+        Forwarding::Standby {
+            epoch: 2,
+            active: Some(peer(3))
+        }
+    );
+}
+
+#[test]
 fn a_renewed_lease_keeps_forwarding_without_steps() {
     let (mut core, _) = started();
     let now = Instant::now();
@@ -256,6 +299,8 @@ enum Step {
     Link(bool),
     Drain,
     Advance(u16),
+    /// Time passes without a tick: the process was frozen.
+    Freeze(u16),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -272,6 +317,7 @@ fn step() -> impl Strategy<Value = Step> {
         any::<bool>().prop_map(Step::Link),
         Just(Step::Drain),
         (0u16..400).prop_map(Step::Advance),
+        (0u16..400).prop_map(Step::Freeze),
     ]
 }
 
@@ -302,8 +348,21 @@ proptest! {
                     now += Duration::from_millis(u64::from(ms));
                     Event::Tick
                 }
+                Step::Freeze(ms) => {
+                    now += Duration::from_millis(u64::from(ms));
+                    continue;
+                }
             };
+            let expired = matches!(core.forwarding(), Forwarding::Active { .. })
+                && core.lease_deadline().is_none_or(|d| now >= d);
             let actions = core.handle(now, event);
+            if expired {
+                // Woken past its deadline: the first step takes XDP out of the active role.
+                prop_assert!(
+                    matches!(actions.first(), Some(Action::SetXdpRole { role, .. }) if *role != Role::Active),
+                    "{:?}", actions
+                );
+            }
             kernel.apply(&actions);
             prop_assert!(kernel.violated.is_none(), "{:?}", kernel.violated);
             let forwarding = core.forwarding();

@@ -192,10 +192,15 @@ impl Agent {
         }
         *lock(&self.conn) = Some(session.connection().clone());
         self.set_connection("connected", None);
+        let gate = (self.mode == Mode::Node).then(|| pump::Gate {
+            lease: Arc::new(plumbing.lease_source()),
+            own: welcome.mesh_ip,
+        });
         let _pump = pump::start(
             plumbing.tun(),
             session.connection().clone(),
             self.counters.clone(),
+            gate,
         );
         let mut status_rx = session.subscribe();
         let first = status_rx.borrow_and_update().clone();
@@ -334,9 +339,16 @@ impl Agent {
         let mode = self.mode;
         Arc::new(move || {
             let mut r = lock(&report).clone();
-            r.lease_remaining_ms = lease()
+            let now = Instant::now();
+            let deadline = lease();
+            if r.forwarding == "active" && mode == Mode::Node && deadline.is_none_or(|d| now >= d) {
+                // The lease ran out and the core has not fenced yet (this process was
+                // frozen until a moment ago): XDP already drops, and nothing forwards.
+                r.forwarding = "fenced".into();
+            }
+            r.lease_remaining_ms = deadline
                 .filter(|_| r.forwarding == "active" && mode == Mode::Node)
-                .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64);
+                .map(|d| d.saturating_duration_since(now).as_millis() as u64);
             r.connection.rtt_ms = lock(&conn).as_ref().map(|c| c.rtt().as_secs_f64() * 1000.0);
             r.counters.tun_to_mesh = counters
                 .tun_to_mesh

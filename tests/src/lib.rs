@@ -16,9 +16,11 @@ pub mod failover;
 pub mod ha;
 pub mod http;
 pub mod lab;
+pub mod lan_view;
 mod netns;
 pub mod probe;
 mod process;
+pub mod transfer;
 mod wait;
 
 pub use netns::{Lan, Netns, sweep_stale, veth};

@@ -48,6 +48,19 @@ impl Fault {
     }
 }
 
+/// [`Ha::measure_failover`] found the node changing roles on its own before the fault
+/// (what a machine too loaded for the 250 ms lease does); nothing was injected.
+#[derive(Debug)]
+pub struct Disturbed(pub String);
+
+impl std::fmt::Display for Disturbed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the node changed roles before the fault: {}", self.0)
+    }
+}
+
+impl std::error::Error for Disturbed {}
+
 /// One sample of every replica's data-plane role (`None`: the agent did not answer).
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -110,12 +123,26 @@ impl Ha {
     ) -> anyhow::Result<FailoverRun> {
         let from = self.active_replica()?;
         let device_ip = self.device_mesh_ip()?;
+        let warmup = unix_us(SystemTime::now());
         let probe = Probe::start(
             ("device", &self.device, &device_ip),
             ("host", &self.host, HOST_IP),
             port,
         )?;
         std::thread::sleep(Duration::from_millis(300));
+        // A node that failed over on its own (agents starved of CPU past the lease) is not
+        // the baseline the fault is measured against: refuse before injecting anything.
+        let calm = self
+            .node_events(warmup)?
+            .into_iter()
+            .find(|e| e["event"] != "registered");
+        if let Some(e) = calm.map(|e| e.to_string()).or_else(|| {
+            let s = self.status(from).ok()?;
+            (s["forwarding"] != "active").then(|| format!("replica {from} is {}", s["forwarding"]))
+        }) {
+            probe.stop()?;
+            return Err(Disturbed(e).into());
+        }
         let stop = AtomicBool::new(false);
         let (injected, injected_wall, woke, to, samples) = std::thread::scope(|scope| {
             let sampler = scope.spawn(|| self.sample_roles(&stop));
@@ -132,18 +159,7 @@ impl Ha {
             result.map(|(woke, to)| (injected, injected_wall, woke, to, samples))
         })?;
         let (inbound, outbound) = probe.stop()?;
-        let since = unix_us(injected_wall).saturating_sub(1_000_000);
-        let events = self
-            .lab
-            .api()?
-            .get(&format!("/api/v1/nodes/{}/events", self.node.0))?
-            .result()?
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| e["at_unix_us"].as_u64().unwrap_or(0) >= since)
-            .collect();
+        let events = self.node_events(unix_us(injected_wall).saturating_sub(1_000_000))?;
         let flip = self.status(to)?["last_flip"].clone();
         let names = self
             .replicas
@@ -164,6 +180,21 @@ impl Ha {
             names,
             samples,
         })
+    }
+
+    /// The coordinator's events for the node since `since_us` (Unix microseconds).
+    fn node_events(&self, since_us: u64) -> anyhow::Result<Vec<serde_json::Value>> {
+        let r = self
+            .lab
+            .api()?
+            .get(&format!("/api/v1/nodes/{}/events", self.node.0))?;
+        Ok(r.result()?
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["at_unix_us"].as_u64().unwrap_or(0) >= since_us)
+            .cloned()
+            .collect())
     }
 
     /// Injects the fault; returns when a frozen replica was let go again.

@@ -7,8 +7,10 @@
 
 use std::time::Duration;
 
+use aya::programs::XdpMode;
+use meshgate_agent::dataplane::Probe;
 use meshgate_tests::{
-    failover::{FailoverRun, Fault},
+    failover::{Disturbed, FailoverRun, Fault},
     ha::{HOST_IP, Ha, SETTLE},
     lan_view::vip_addr,
     require_root,
@@ -40,15 +42,41 @@ fn started(replicas: usize) -> anyhow::Result<Ha> {
     Ok(ha)
 }
 
-/// Measures one failover and prints its report (also on success, for the timeline).
+/// Measures one failover and prints its report (also on success, for the timeline). A
+/// node that changed roles on its own just before the fault (agents starved of CPU past
+/// the 250 ms lease by a busy machine) is no baseline: nothing was injected, so wait
+/// and measure again, a few times at most.
 fn measured(
     ha: &Ha,
     fault: Fault,
     port: u16,
     after_ms: u64,
 ) -> anyhow::Result<(FailoverRun, String)> {
-    let run = ha.measure_failover(fault, port, Duration::from_millis(after_ms))?;
-    let mut report = format!("{}\n{}\n", run.inbound.summary(), run.outbound.summary());
+    let mut attempt = 1;
+    let run = loop {
+        match ha.measure_failover(fault, port, Duration::from_millis(after_ms)) {
+            Err(e) if e.is::<Disturbed>() && attempt < 4 => {
+                println!("attempt {attempt}: {e}; measuring again");
+                attempt += 1;
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            other => break other?,
+        }
+    };
+    let mut report = String::new();
+    for flow in [&run.inbound, &run.outbound] {
+        report.push_str(&flow.summary());
+        // Where the first few gaps fell, in ms from the injection.
+        for g in flow.all_gaps().iter().take(4) {
+            let at = g
+                .last_delivered_sent
+                .duration_since(run.injected)
+                .as_secs_f64()
+                * 1e3;
+            report.push_str(&format!("; {} lost after {at:.1} ms", g.lost));
+        }
+        report.push('\n');
+    }
     for (at, what) in run.timeline() {
         report.push_str(&format!("{at:>9.1} ms  {what}\n"));
     }
@@ -243,29 +271,80 @@ fn lan_link_down_hands_over_and_traffic_flows_through_the_successor() -> anyhow:
 fn graceful_handover_loses_nothing_and_the_old_agent_exits_0() -> anyhow::Result<()> {
     let mut ha = started(2)?;
     // Back and forth, so each replica drains at least once and a restarted one serves.
-    for round in 0..4u16 {
+    let (mut round, mut redone) = (0u16, 0);
+    while round < 4 {
         println!("round {round}");
         let (run, report) = measured(&ha, Fault::Drain, 9260 + 2 * round, 800)?;
         let report = format!("round {round}\n{report}");
-        for flow in [&run.inbound, &run.outbound] {
-            assert_eq!(flow.lost(), 0, "{}: lost datagrams\n{report}", flow.label);
-            assert!(flow.errors.is_empty(), "send errors\n{report}");
-        }
-        assert_failed_over(&run, &report);
         let status = ha.replicas[run.from]
             .agent
             .as_mut()
             .expect("the drained replica was started")
             .process
             .wait_exit(SETTLE)?;
-        assert!(
-            status.success(),
-            "the drained agent exited with {status}\n{report}"
-        );
-        assert_vip_moved(&ha, &run, &report)?;
+        // A lease that ran out means an agent went unscheduled for longer than the lease
+        // (a machine this loaded fails over instead): not the graceful path this checks.
+        if run.event_ms("lease_expired").is_some() && redone < 2 {
+            println!("round {round}: a lease expired during the handover; doing it again");
+            redone += 1;
+        } else {
+            for flow in [&run.inbound, &run.outbound] {
+                assert_eq!(flow.lost(), 0, "{}: lost datagrams\n{report}", flow.label);
+                assert!(flow.errors.is_empty(), "send errors\n{report}");
+            }
+            assert_failed_over(&run, &report);
+            assert!(
+                status.success(),
+                "the drained agent exited with {status}\n{report}"
+            );
+            assert_vip_moved(&ha, &run, &report)?;
+            round += 1;
+        }
         ha.start_replica(run.from, &[])?;
         ha.wait_forwarding(run.from, "standby")?;
     }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn graceful_handover_loses_nothing_for_a_lan_host_that_missed_the_gratuitous_arp()
+-> anyhow::Result<()> {
+    let mut ha = started(2)?;
+    // The old active bounces to the successor with XDP_TX. On a veth that works only when
+    // the peer runs an XDP program too (see ebpf/README.md, "veth quirk"); a physical NIC
+    // needs nothing. Replica a's bridge-side peer is p1 (the host is p0).
+    let _peer = ha
+        .lan
+        .netns()
+        .enter(|| Probe::attach("p1", XdpMode::Driver).map_err(anyhow::Error::from))??;
+    // A veth hands the peer CHECKSUM_PARTIAL packets (the UDP checksum left for a NIC to
+    // finish); XDP_TX drops that state, so a bounced datagram would arrive with a bad
+    // checksum. A physical NIC puts finished checksums on the wire: let the host do that.
+    ha.host.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+    // The host keeps sending to the old active's MAC whatever is announced: what a host
+    // that lost the successor's GARP frames does until its ARP entry goes stale.
+    let old_mac = ha.lan_mac(0)?;
+    ha.host.ip(&format!(
+        "neigh replace {} lladdr {old_mac} dev eth0 nud permanent",
+        vip_addr()
+    ))?;
+    let (run, report) = measured(&ha, Fault::Drain, 9280, 800)?;
+    for flow in [&run.inbound, &run.outbound] {
+        assert_eq!(flow.lost(), 0, "{}: lost datagrams\n{report}", flow.label);
+    }
+    assert_failed_over(&run, &report);
+    let status = ha.replicas[0]
+        .agent
+        .as_mut()
+        .expect("replica a was started")
+        .process
+        .wait_exit(SETTLE)?;
+    assert!(
+        status.success(),
+        "the drained agent exited with {status}\n{report}"
+    );
+    assert!(!ha.has_vip(0)? && ha.has_vip(1)?, "{report}");
     Ok(())
 }
 

@@ -263,7 +263,22 @@ fn lan_link_down_hands_over_and_traffic_flows_through_the_successor() -> anyhow:
     let old = ha.status(0)?;
     assert_ne!(old["forwarding"], "active", "{report}");
     assert_eq!(old["holds_vip"], false, "{report}");
-    assert_vip_moved(&ha, &run, &report)
+    assert_vip_moved(&ha, &run, &report)?;
+    // The link comes back: the replica serves again as a standby of the successor, which
+    // stays active in the same epoch (no flap back).
+    let epoch = ha.status(1)?["epoch"].clone();
+    ha.replicas[0].ns.ip("link set eth1 up")?;
+    wait_until(SETTLE, "replica a to rejoin as a standby", || {
+        let s = ha.status(0)?;
+        Ok(s["forwarding"] == "standby" && s["active_peer"] == ha.replicas[1].lan_ip.as_str())
+    })?;
+    let b = ha.status(1)?;
+    assert_eq!(
+        (&b["forwarding"], &b["epoch"]),
+        (&"active".into(), &epoch),
+        "{report}"
+    );
+    ha.wait_ping(&ha.host, &ha.device_mesh_ip()?)
 }
 
 #[test]

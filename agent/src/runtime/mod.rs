@@ -239,7 +239,15 @@ impl Agent {
                     Some(_) => {}
                 },
                 _ = sleep_until_opt(deadline) => self.feed(plumbing, Some(&session), Event::Tick).await?,
-                up = plumbing.link_event() => self.feed(plumbing, Some(&session), Event::Link { up }).await?,
+                up = plumbing.link_event() => {
+                    self.feed(plumbing, Some(&session), Event::Link { up }).await?;
+                    // Fenced because the link went down (nothing else fences a replica that
+                    // is not draining): the coordinator never promotes a fenced replica
+                    // again, so register anew, as a standby.
+                    if up && self.core.role() == Role::Fenced && !self.core.draining() {
+                        break Outcome::Lost("the LAN link is back: registering again as a standby".into());
+                    }
+                }
                 _ = self.shutdown.recv() => {
                     info!("shutting down: asking for handover first if active");
                     self.drain_deadline = Some(tokio::time::Instant::now() + self.drain_timeout);

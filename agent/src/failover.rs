@@ -4,7 +4,8 @@
 //! ordered list of kernel steps. The runtime (`runtime.rs`) applies them.
 //!
 //! The order is what keeps two replicas from forwarding at once:
-//! - **demote**: XDP role off, then the VIP released, then the standby routing table;
+//! - **demote**: XDP role off (bouncing to the successor at once, if one is known), then
+//!   the VIP released, then the standby routing table;
 //! - **promote**: the active routing table, then XDP role on, then the VIP with
 //!   gratuitous ARP.
 //!
@@ -74,6 +75,10 @@ pub enum Action {
     InstallRoutes(Vec<Ipv4Net>),
     /// Point the standby table (and the XDP hairpin) at this active replica.
     SetActivePeer(Option<LanInfo>),
+    /// Point only the XDP hairpin at this active replica: one map write, so a demoted
+    /// active can bounce to its successor the moment its XDP role changes, before the
+    /// slower routing-table step.
+    SetHairpin(LanInfo),
     /// Set the XDP program's role and epoch.
     SetXdpRole {
         /// The role the program enforces.
@@ -211,6 +216,15 @@ impl Failover {
     /// Feeds one event; returns the steps to apply, in order.
     pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
         let mut actions = Vec::new();
+        // A lease that ran out while nobody looked (the process was frozen or starved, so
+        // no tick came) fences the data plane before anything this event asks for.
+        if matches!(self.forwarding, Forwarding::Active { .. })
+            && self.mode == Mode::Node
+            && self.lease_deadline.is_none_or(|d| now >= d)
+        {
+            let fenced = Forwarding::Fenced { epoch: self.epoch };
+            self.transition(fenced, &mut actions);
+        }
         match event {
             Event::Status {
                 role,
@@ -279,6 +293,25 @@ impl Failover {
             Role::Active if self.lease_deadline.is_some_and(|d| now < d) => {
                 Forwarding::Active { epoch }
             }
+            // Promoted, the first grant not in yet (it follows the promotion at once): stay
+            // the standby it was. Fencing for that moment would make the standby table
+            // unreachable, and the kernel's reverse-path check would then drop what the
+            // coordinator already sends here from the mesh.
+            Role::Active
+                if self.lease_deadline.is_none()
+                    && matches!(self.forwarding, Forwarding::Standby { .. }) =>
+            {
+                self.forwarding
+            }
+            // Handed over on a drain: what still arrives (from LAN hosts whose ARP entry
+            // names this replica until the successor's announcement reaches them) is
+            // bounced to the successor, as any standby does, while the agent drains.
+            Role::Fenced if self.draining && self.link_up && self.active.is_some() => {
+                Forwarding::Standby {
+                    epoch,
+                    active: self.active,
+                }
+            }
             // Active on paper but the lease ran out: fence before the coordinator's view of
             // the lease expires (it always expires later than ours).
             Role::Active | Role::Fenced => Forwarding::Fenced { epoch },
@@ -310,6 +343,9 @@ impl Failover {
                 });
             }
             (Forwarding::Active { .. }, _) => {
+                if let Some(successor) = peer(target) {
+                    actions.push(Action::SetHairpin(successor));
+                }
                 actions.push(Action::SetXdpRole {
                     role: target.role(),
                     epoch: target.epoch(),

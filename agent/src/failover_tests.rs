@@ -32,15 +32,25 @@ struct Kernel {
     vip: bool,
     table: Option<Table>,
     peer: Option<LanInfo>,
+    /// Where XDP bounces to, once set (a standby's table peer is written there too).
+    hairpin: Option<LanInfo>,
+    /// In the last batch: where XDP bounced to the moment it became a standby.
+    hairpin_on_standby: Option<Option<LanInfo>>,
     /// Set when the VIP was acquired while XDP or the routing table was not yet active.
     violated: Option<String>,
 }
 
 impl Kernel {
     fn apply(&mut self, actions: &[Action]) {
+        self.hairpin_on_standby = None;
         for a in actions {
             match a {
-                Action::SetXdpRole { role, .. } => self.xdp = Some(*role),
+                Action::SetXdpRole { role, .. } => {
+                    if *role == Role::Standby && self.xdp != Some(Role::Standby) {
+                        self.hairpin_on_standby = Some(self.hairpin);
+                    }
+                    self.xdp = Some(*role);
+                }
                 Action::AcquireVip => {
                     if self.xdp != Some(Role::Active) || self.table != Some(Table::Active) {
                         self.violated =
@@ -50,7 +60,13 @@ impl Kernel {
                 }
                 Action::ReleaseVip => self.vip = false,
                 Action::SelectTable(t) => self.table = Some(*t),
-                Action::SetActivePeer(p) => self.peer = *p,
+                Action::SetActivePeer(p) => {
+                    self.peer = *p;
+                    if p.is_some() {
+                        self.hairpin = *p;
+                    }
+                }
+                Action::SetHairpin(p) => self.hairpin = Some(*p),
                 Action::InstallRoutes(_) | Action::RequestHandover(_) => {}
             }
         }
@@ -84,24 +100,28 @@ fn promotion_orders_routes_then_xdp_then_vip() {
     assert_eq!(core.next_deadline(), Some(now + LEASE));
 }
 
+/// Active → standby of `active` in `epoch`: XDP bounces to the successor at once, then the
+/// VIP goes, then the standby table is pointed and selected.
+fn demotion_to_standby(active: LanInfo, epoch: u64) -> Vec<Action> {
+    vec![
+        Action::SetHairpin(active),
+        Action::SetXdpRole {
+            role: Role::Standby,
+            epoch,
+        },
+        Action::ReleaseVip,
+        Action::SetActivePeer(Some(active)),
+        Action::SelectTable(Table::Standby),
+    ]
+}
+
 #[test]
 fn demotion_orders_xdp_then_vip_then_routes() {
     let (mut core, _) = started();
     let now = Instant::now();
     core.handle(now, status(Role::Active, 1, None, Some(now + LEASE)));
     let actions = core.handle(now, status(Role::Standby, 2, Some(peer(3)), None));
-    assert_eq!(
-        actions,
-        vec![
-            Action::SetXdpRole {
-                role: Role::Standby,
-                epoch: 2
-            },
-            Action::ReleaseVip,
-            Action::SetActivePeer(Some(peer(3))),
-            Action::SelectTable(Table::Standby),
-        ]
-    );
+    assert_eq!(actions, demotion_to_standby(peer(3), 2));
 }
 
 #[test]
@@ -124,6 +144,65 @@ fn an_expired_lease_fences_before_the_coordinator_says_anything() {
     assert!(actions.contains(&Action::ReleaseVip));
     assert_eq!(core.forwarding(), Forwarding::Fenced { epoch: 4 });
     assert_eq!(core.next_deadline(), None);
+}
+
+#[test]
+fn a_frozen_active_fences_before_it_applies_anything_else_when_it_wakes() {
+    let (mut core, _) = started();
+    let now = Instant::now();
+    core.handle(now, status(Role::Active, 1, None, Some(now + LEASE)));
+    // Frozen past the deadline: no tick came. The first event after the wake, whatever it
+    // is, first fences; only then is it applied.
+    let woke = now + LEASE * 5;
+    let a: Ipv4Net = "100.96.0.0/12".parse().unwrap();
+    let actions = core.handle(woke, Event::Routes(vec![a]));
+    assert_eq!(
+        actions[..2],
+        [
+            Action::SetXdpRole {
+                role: Role::Fenced,
+                epoch: 1
+            },
+            Action::ReleaseVip
+        ]
+    );
+    assert_eq!(actions.last(), Some(&Action::InstallRoutes(vec![a])));
+    // The coordinator's news that another replica took over then makes it a standby.
+    let actions = core.handle(woke, status(Role::Standby, 2, Some(peer(3)), None));
+    assert!(
+        !actions.iter().any(|a| matches!(
+            a,
+            Action::AcquireVip
+                | Action::SetXdpRole {
+                    role: Role::Active,
+                    ..
+                }
+        )),
+        "{actions:?}"
+    );
+    assert_eq!(
+        core.forwarding(),
+        Forwarding::Standby {
+            epoch: 2,
+            active: Some(peer(3))
+        }
+    );
+}
+
+#[test]
+fn a_promoted_standby_waits_for_its_grant_as_a_standby() {
+    let (mut core, _) = started();
+    let now = Instant::now();
+    core.handle(now, status(Role::Standby, 1, Some(peer(2)), None));
+    // The RoleChange comes first, its grant a moment later: nothing changes meanwhile.
+    let own = Some(peer(3));
+    assert!(
+        core.handle(now, status(Role::Active, 2, own, None))
+            .is_empty()
+    );
+    let actions = core.handle(now, status(Role::Active, 2, own, Some(now + LEASE)));
+    assert_eq!(actions[0], Action::SelectTable(Table::Active));
+    assert_eq!(core.forwarding(), Forwarding::Active { epoch: 2 });
 }
 
 #[test]
@@ -209,6 +288,22 @@ fn drain_and_link_down_ask_for_handover_once() {
 }
 
 #[test]
+fn a_drained_active_bounces_to_its_successor_once_fenced() {
+    let (mut core, _) = started();
+    let now = Instant::now();
+    core.handle(now, status(Role::Active, 1, None, Some(now + LEASE)));
+    core.handle(now, Event::Drain);
+    // The coordinator fences it after the overlap and names the successor.
+    let actions = core.handle(now, status(Role::Fenced, 2, Some(peer(3)), None));
+    assert_eq!(actions, demotion_to_standby(peer(3), 2));
+    // Fenced without a drain (or without a successor) forwards nothing, not even a bounce.
+    let (mut core, _) = started();
+    core.handle(now, status(Role::Active, 1, None, Some(now + LEASE)));
+    core.handle(now, status(Role::Fenced, 2, Some(peer(3)), None));
+    assert_eq!(core.forwarding(), Forwarding::Fenced { epoch: 2 });
+}
+
+#[test]
 fn a_standby_never_asks_for_handover() {
     let (mut core, _) = started();
     let now = Instant::now();
@@ -256,6 +351,8 @@ enum Step {
     Link(bool),
     Drain,
     Advance(u16),
+    /// Time passes without a tick: the process was frozen.
+    Freeze(u16),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -272,6 +369,7 @@ fn step() -> impl Strategy<Value = Step> {
         any::<bool>().prop_map(Step::Link),
         Just(Step::Drain),
         (0u16..400).prop_map(Step::Advance),
+        (0u16..400).prop_map(Step::Freeze),
     ]
 }
 
@@ -302,8 +400,21 @@ proptest! {
                     now += Duration::from_millis(u64::from(ms));
                     Event::Tick
                 }
+                Step::Freeze(ms) => {
+                    now += Duration::from_millis(u64::from(ms));
+                    continue;
+                }
             };
+            let expired = matches!(core.forwarding(), Forwarding::Active { .. })
+                && core.lease_deadline().is_none_or(|d| now >= d);
             let actions = core.handle(now, event);
+            if expired {
+                // Woken past its deadline: the first step takes XDP out of the active role.
+                prop_assert!(
+                    matches!(actions.first(), Some(Action::SetXdpRole { role, .. }) if *role != Role::Active),
+                    "{:?}", actions
+                );
+            }
             kernel.apply(&actions);
             prop_assert!(kernel.violated.is_none(), "{:?}", kernel.violated);
             let forwarding = core.forwarding();
@@ -319,6 +430,10 @@ proptest! {
             prop_assert_eq!(kernel.xdp, Some(forwarding.role()));
             if let Forwarding::Standby { active, .. } = forwarding {
                 prop_assert_eq!(kernel.peer, active);
+                // Bouncing to the right MAC from the moment XDP became a standby.
+                if let (Some(at_switch), Some(_)) = (kernel.hairpin_on_standby, active) {
+                    prop_assert_eq!(at_switch, active);
+                }
             }
             // Epochs only grow in what the data plane enforces.
             prop_assert!(forwarding.epoch() >= enforced_epoch);

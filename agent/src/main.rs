@@ -1,6 +1,6 @@
 //! `meshgate-agent`: a node replica or a client device, as its token says.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use meshgate_agent::{config::RunArgs, runtime, state_dir, status};
@@ -29,6 +29,9 @@ enum Command {
         /// The running agent's state dir (its status socket lives there).
         #[arg(long, env = "MESHGATE_STATE_DIR", default_value = "/var/lib/meshgate")]
         state_dir: PathBuf,
+        /// How long to wait for the agent's answer.
+        #[arg(long, env = "MESHGATE_STATUS_TIMEOUT_MS", default_value_t = 2000)]
+        timeout_ms: u64,
     },
 }
 
@@ -55,8 +58,16 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(args) => runtime::run(args).await,
-            Command::Status { json, state_dir } => {
-                let report = status::query(&state_dir::status_socket(&state_dir)).await?;
+            Command::Status {
+                json,
+                state_dir,
+                timeout_ms,
+            } => {
+                let report = status::query(
+                    &state_dir::status_socket(&state_dir),
+                    Duration::from_millis(timeout_ms),
+                )
+                .await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 } else {

@@ -7,6 +7,7 @@ use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -132,19 +133,30 @@ pub async fn serve(
     }))
 }
 
-/// Asks the agent behind `socket` for its status.
-pub async fn query(socket: &Path) -> anyhow::Result<StatusReport> {
-    let mut stream = UnixStream::connect(socket).await.with_context(|| {
+/// Asks the agent behind `socket` for its status, giving up after `timeout`: a frozen
+/// (SIGSTOPped) agent still accepts connections in the kernel but never answers.
+pub async fn query(socket: &Path, timeout: Duration) -> anyhow::Result<StatusReport> {
+    let ask = async {
+        let mut stream = UnixStream::connect(socket).await.with_context(|| {
+            format!(
+                "no agent answers on {} (is `meshgate-agent run` running with this --state-dir?)",
+                socket.display()
+            )
+        })?;
+        let mut body = Vec::new();
+        stream
+            .read_to_end(&mut body)
+            .await
+            .context("failed to read the agent's status")?;
+        anyhow::Ok(body)
+    };
+    let body = tokio::time::timeout(timeout, ask).await.with_context(|| {
         format!(
-            "no agent answers on {} (is `meshgate-agent run` running with this --state-dir?)",
-            socket.display()
+            "the agent on {} did not answer within {} ms (stopped or stuck?)",
+            socket.display(),
+            timeout.as_millis()
         )
-    })?;
-    let mut body = Vec::new();
-    stream
-        .read_to_end(&mut body)
-        .await
-        .context("failed to read the agent's status")?;
+    })??;
     serde_json::from_slice(&body).context("the agent's status is not valid JSON")
 }
 
@@ -240,6 +252,8 @@ pub fn human(r: &StatusReport) -> String {
 mod tests {
     use super::*;
 
+    const SECOND: Duration = Duration::from_secs(1);
+
     #[tokio::test]
     async fn a_client_reads_what_the_server_reports() {
         let dir = tempfile::tempdir().unwrap();
@@ -254,18 +268,31 @@ mod tests {
         let task = serve(socket.clone(), Arc::new(move || served.clone()))
             .await
             .unwrap();
-        assert_eq!(query(&socket).await.unwrap(), report);
+        assert_eq!(query(&socket, SECOND).await.unwrap(), report);
         task.abort();
     }
 
     #[tokio::test]
     async fn no_agent_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = query(&dir.path().join("agent.sock"))
+        let err = query(&dir.path().join("agent.sock"), SECOND)
             .await
             .unwrap_err()
             .to_string();
         assert!(err.contains("no agent answers"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_agent_times_out_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        // Bound but never accepted from: what a SIGSTOPped agent looks like to a client.
+        let _listener = UnixListener::bind(&socket).unwrap();
+        let err = query(&socket, Duration::from_millis(100))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did not answer within 100 ms"), "{err}");
     }
 
     #[test]

@@ -26,6 +26,10 @@
 //!   it (see below) arrive, plus its kernel steps; the default overlap, three heartbeats,
 //!   leaves room for that and for a lost grant made up by the next heartbeat. During the overlap both replicas may forward;
 //!   forwarding is stateless, so the cost is at most a duplicate, never a loss.
+//!   Once fenced it is no longer renewed, but the relay still takes the datagrams it
+//!   sends until its (old-epoch) lease lapses: it tunnelled them before it heard of the
+//!   fence, and its agent stops at the fence or at that lease's end, whichever comes
+//!   first. `HandoverDone` follows then.
 //! * With no healthy standby, a handover request changes nothing at once (the active
 //!   keeps serving), but it is remembered: it is carried out as soon as a healthy standby
 //!   appears. A request made while another handover is in progress waits for it too.
@@ -185,6 +189,8 @@ struct Drain {
     expiry: Instant,
     /// When it is fenced, if the successor is still fine then.
     fence_at: Instant,
+    /// Told it is fenced: no longer renewed, its datagrams still relayed until `expiry`.
+    fenced: bool,
 }
 
 /// The election state of one node.
@@ -244,7 +250,11 @@ impl Election {
                 let epoch = if self.holder == Some(conn) && r.role == Role::Active {
                     self.expiry = Some(now + lease);
                     Some(self.epoch)
-                } else if let Some(d) = self.draining.as_mut().filter(|d| d.conn == conn) {
+                } else if let Some(d) = self
+                    .draining
+                    .as_mut()
+                    .filter(|d| d.conn == conn && !d.fenced)
+                {
                     d.expiry = now + lease;
                     Some(d.epoch)
                 } else {
@@ -350,25 +360,44 @@ impl Election {
         let Some(d) = self.draining else {
             return;
         };
+        // One that left cannot be told; its lease lapses on its own.
+        let connected = self.replicas.contains_key(&d.conn);
+        let lapsed = now >= d.expiry;
+        if d.fenced {
+            if lapsed || !connected {
+                self.draining = None;
+                if connected {
+                    out.push(Action::Send {
+                        conn: d.conn,
+                        msg: Out::HandoverDone { epoch: self.epoch },
+                    });
+                }
+            }
+            return;
+        }
         let lease = self.cfg.lease;
         let successor_ok = self.lease_valid(now)
             && self
                 .holder
                 .and_then(|h| self.replicas.get(&h))
                 .is_some_and(|r| r.role == Role::Active && now < r.last_heartbeat + lease);
-        let lapsed = now >= d.expiry;
-        // One that left cannot be told; its lease lapses on its own.
-        let connected = self.replicas.contains_key(&d.conn);
         if !(lapsed || (connected && now >= d.fence_at && successor_ok)) {
             return;
         }
-        self.draining = None;
-        if lapsed {
-            out.push(Action::LeaseExpired {
-                conn: d.conn,
-                epoch: d.epoch,
-            });
+        if !lapsed {
+            // Fenced now; what it sent before hearing so is relayed until its lease ends.
+            if let Some(r) = self.replicas.get_mut(&d.conn) {
+                r.role = Role::Fenced;
+            }
+            self.notify_one(d.conn, out);
+            self.draining = Some(Drain { fenced: true, ..d });
+            return;
         }
+        self.draining = None;
+        out.push(Action::LeaseExpired {
+            conn: d.conn,
+            epoch: d.epoch,
+        });
         if let Some(r) = self.replicas.get_mut(&d.conn) {
             r.role = Role::Fenced;
             self.notify_one(d.conn, out);
@@ -393,6 +422,7 @@ impl Election {
             epoch: self.epoch,
             expiry,
             fence_at: now + self.cfg.overlap,
+            fenced: false,
         });
         self.promote(winner, now, None, out);
     }
@@ -502,6 +532,7 @@ impl Election {
     /// The connected replica handing over (still forwarding, not yet fenced), if any.
     pub fn draining(&self) -> Option<ConnId> {
         self.draining
+            .filter(|d| !d.fenced)
             .map(|d| d.conn)
             .filter(|c| self.replicas.contains_key(c))
     }
@@ -512,9 +543,13 @@ impl Election {
         self.active(now).or_else(|| self.draining())
     }
 
-    /// Whether the relay accepts datagrams from `conn`: the active and the draining one.
+    /// Whether the relay accepts datagrams from `conn`: the active and the draining one,
+    /// also once fenced until its lease lapses (see the module docs).
     pub fn may_send(&self, conn: ConnId, now: Instant) -> bool {
-        self.active(now) == Some(conn) || self.draining() == Some(conn)
+        self.active(now) == Some(conn)
+            || self.draining.is_some_and(|d| {
+                d.conn == conn && self.replicas.contains_key(&conn) && (!d.fenced || now < d.expiry)
+            })
     }
 
     /// The role of a connected replica (the draining one is still `Active` until fenced).

@@ -174,15 +174,13 @@ fn sent_to(actions: &[Action], to: ConnId) -> Vec<Out> {
         .collect()
 }
 
-fn fenced_and_done(epoch: u64, active: Option<LanInfo>) -> Vec<Out> {
-    vec![
-        Out::RoleChange {
-            role: Role::Fenced,
-            epoch,
-            active,
-        },
-        Out::HandoverDone { epoch },
-    ]
+/// What a drained replica hears when fenced; `HandoverDone` follows when its lease lapses.
+fn fenced(epoch: u64, active: Option<LanInfo>) -> Vec<Out> {
+    vec![Out::RoleChange {
+        role: Role::Fenced,
+        epoch,
+        active,
+    }]
 }
 
 #[test]
@@ -238,17 +236,22 @@ fn drain_with_standby_promotes_first_and_fences_after_overlap() {
     beat(&mut e, t + ms(100), &[2]);
     assert!(e.handle(t + ms(159), Event::Tick).is_empty());
 
-    // Overlap (100 ms from the promotion) over: fenced, told the handover is done.
+    // Overlap (100 ms from the promotion) over: fenced, no longer renewed; what it sent
+    // before hearing so is still relayed until its lease (renewed at 100) lapses.
     let a = e.handle(t + ms(160), Event::Tick);
-    assert_eq!(sent_to(&a, 1), fenced_and_done(2, lan));
+    assert_eq!(sent_to(&a, 1), fenced(2, lan));
     assert_eq!(e.draining(), None);
-    assert!(!e.may_send(1, t + ms(160)));
+    assert!(e.may_send(1, t + ms(160)));
     assert!(
         e.handle(t + ms(170), Event::Heartbeat { conn: 1, seq: 8 })
             .is_empty()
     );
+    assert!(e.handle(t + ms(349), Event::Tick).is_empty());
+    let a = e.handle(t + ms(350), Event::Tick);
+    assert_eq!(sent_to(&a, 1), [Out::HandoverDone { epoch: 2 }]);
+    assert!(!e.may_send(1, t + ms(350)));
     // A fenced replica is never promoted again, even as the last one standing.
-    e.handle(t + ms(180), Event::Disconnected { conn: 2 });
+    e.handle(t + ms(360), Event::Disconnected { conn: 2 });
     assert_eq!(
         promoted(&e.handle(t + ms(900), Event::Heartbeat { conn: 1, seq: 9 })),
         None
@@ -283,7 +286,7 @@ fn drain_without_standby_changes_nothing_until_one_appears() {
     beat(&mut e, t + ms(100), &[1, 2]);
     assert_eq!(
         sent_to(&e.handle(t + ms(160), Event::Tick), 1),
-        fenced_and_done(2, None)
+        fenced(2, None)
     );
 }
 
@@ -374,7 +377,7 @@ fn successor_dying_during_overlap_hands_on_to_the_next_standby() {
     beat(&mut e, t + ms(350), &[1, 3]);
     assert!(sent_to(&e.handle(t + ms(409), Event::Tick), 1).is_empty());
     let a = e.handle(t + ms(410), Event::Tick);
-    assert_eq!(sent_to(&a, 1), fenced_and_done(3, None));
+    assert_eq!(sent_to(&a, 1), fenced(3, None));
 }
 
 #[test]
@@ -401,13 +404,25 @@ fn second_drain_request_waits_for_the_first() {
     beat(&mut e, t + ms(100), &[1, 2, 3]);
     beat(&mut e, t + ms(150), &[1, 2, 3]);
     let a = e.handle(t + ms(160), Event::Tick);
-    assert_eq!(sent_to(&a, 1)[..2], fenced_and_done(2, None));
+    assert_eq!(sent_to(&a, 1), fenced(2, None));
+    assert_eq!(
+        promoted(&a),
+        None,
+        "not while the first one's sends are relayed"
+    );
+    for now in [200u64, 250, 300, 350] {
+        beat(&mut e, t + ms(now), &[2, 3]);
+    }
+    // The first one's lease (renewed at 150) lapses: its handover is done; the second
+    // one's starts.
+    let a = e.handle(t + ms(400), Event::Tick);
+    assert_eq!(sent_to(&a, 1)[0], Out::HandoverDone { epoch: 2 });
     assert_eq!(promoted(&a), Some((3, 3)), "then the second handover");
     assert_eq!(e.draining(), Some(2));
-    beat(&mut e, t + ms(200), &[2, 3]);
-    let a = e.handle(t + ms(260), Event::Tick);
-    assert_eq!(sent_to(&a, 2), fenced_and_done(3, None));
-    assert_eq!(e.active(t + ms(260)), Some(3));
+    beat(&mut e, t + ms(450), &[2, 3]);
+    let a = e.handle(t + ms(500), Event::Tick);
+    assert_eq!(sent_to(&a, 2), fenced(3, None));
+    assert_eq!(e.active(t + ms(500)), Some(3));
 }
 
 #[test]

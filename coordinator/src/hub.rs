@@ -366,7 +366,7 @@ impl Hub {
                     Action::Promoted { .. }
                         | Action::LeaseExpired { .. }
                         | Action::Send {
-                            msg: Out::RoleChange { .. },
+                            msg: Out::RoleChange { .. } | Out::HandoverDone { .. },
                             ..
                         }
                 )

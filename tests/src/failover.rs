@@ -19,6 +19,9 @@ use crate::{
 
 /// How often roles are sampled during a run.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+/// How long a sample waits for one agent's `status`: a frozen agent never answers, and
+/// must not hold up the samples of the others.
+const SAMPLE_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// What happens to the active replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +48,19 @@ impl Fault {
     }
 }
 
+/// [`Ha::measure_failover`] found the node changing roles on its own before the fault
+/// (what a machine too loaded for the 250 ms lease does); nothing was injected.
+#[derive(Debug)]
+pub struct Disturbed(pub String);
+
+impl std::fmt::Display for Disturbed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the node changed roles before the fault: {}", self.0)
+    }
+}
+
+impl std::error::Error for Disturbed {}
+
 /// One sample of every replica's data-plane role (`None`: the agent did not answer).
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -67,6 +83,8 @@ pub struct FailoverRun {
     pub to: usize,
     /// When the fault was injected.
     pub injected: Instant,
+    /// When a frozen replica was let go again (`SIGCONT`), for [`Fault::Freeze`].
+    pub woke: Option<Instant>,
     /// The same moment on the wall clock.
     pub injected_wall: SystemTime,
     /// device → LAN host: traffic into the subnet.
@@ -105,40 +123,43 @@ impl Ha {
     ) -> anyhow::Result<FailoverRun> {
         let from = self.active_replica()?;
         let device_ip = self.device_mesh_ip()?;
+        let warmup = unix_us(SystemTime::now());
         let probe = Probe::start(
             ("device", &self.device, &device_ip),
             ("host", &self.host, HOST_IP),
             port,
         )?;
         std::thread::sleep(Duration::from_millis(300));
+        // A node that failed over on its own (agents starved of CPU past the lease) is not
+        // the baseline the fault is measured against: refuse before injecting anything.
+        let calm = self
+            .node_events(warmup)?
+            .into_iter()
+            .find(|e| e["event"] != "registered");
+        if let Some(e) = calm.map(|e| e.to_string()).or_else(|| {
+            let s = self.status(from).ok()?;
+            (s["forwarding"] != "active").then(|| format!("replica {from} is {}", s["forwarding"]))
+        }) {
+            probe.stop()?;
+            return Err(Disturbed(e).into());
+        }
         let stop = AtomicBool::new(false);
-        let (injected, injected_wall, to, samples) = std::thread::scope(|scope| {
+        let (injected, injected_wall, woke, to, samples) = std::thread::scope(|scope| {
             let sampler = scope.spawn(|| self.sample_roles(&stop));
             let injected = Instant::now();
             let injected_wall = SystemTime::now();
             let result = self
                 .inject(from, fault)
-                .and_then(|()| self.wait_successor(from));
+                .and_then(|woke| Ok((woke, self.wait_successor(from)?)));
             if result.is_ok() {
                 std::thread::sleep(after);
             }
             stop.store(true, Ordering::SeqCst);
             let samples = sampler.join().unwrap_or_default();
-            result.map(|to| (injected, injected_wall, to, samples))
+            result.map(|(woke, to)| (injected, injected_wall, woke, to, samples))
         })?;
         let (inbound, outbound) = probe.stop()?;
-        let since = unix_us(injected_wall).saturating_sub(1_000_000);
-        let events = self
-            .lab
-            .api()?
-            .get(&format!("/api/v1/nodes/{}/events", self.node.0))?
-            .result()?
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| e["at_unix_us"].as_u64().unwrap_or(0) >= since)
-            .collect();
+        let events = self.node_events(unix_us(injected_wall).saturating_sub(1_000_000))?;
         let flip = self.status(to)?["last_flip"].clone();
         let names = self
             .replicas
@@ -150,6 +171,7 @@ impl Ha {
             from,
             to,
             injected,
+            woke,
             injected_wall,
             inbound,
             outbound,
@@ -160,18 +182,37 @@ impl Ha {
         })
     }
 
-    fn inject(&self, i: usize, fault: Fault) -> anyhow::Result<()> {
+    /// The coordinator's events for the node since `since_us` (Unix microseconds).
+    fn node_events(&self, since_us: u64) -> anyhow::Result<Vec<serde_json::Value>> {
+        let r = self
+            .lab
+            .api()?
+            .get(&format!("/api/v1/nodes/{}/events", self.node.0))?;
+        Ok(r.result()?
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["at_unix_us"].as_u64().unwrap_or(0) >= since_us)
+            .cloned()
+            .collect())
+    }
+
+    /// Injects the fault; returns when a frozen replica was let go again.
+    fn inject(&self, i: usize, fault: Fault) -> anyhow::Result<Option<Instant>> {
         let process = &self.agent(i)?.process;
         match fault {
-            Fault::Kill => process.signal(libc::SIGKILL),
-            Fault::Drain => process.signal(libc::SIGTERM),
-            Fault::LinkDown => self.replicas[i].ns.ip("link set eth1 down").map(drop),
+            Fault::Kill => process.signal(libc::SIGKILL)?,
+            Fault::Drain => process.signal(libc::SIGTERM)?,
+            Fault::LinkDown => drop(self.replicas[i].ns.ip("link set eth1 down")?),
             Fault::Freeze(held) => {
                 process.signal(libc::SIGSTOP)?;
                 std::thread::sleep(held);
-                process.signal(libc::SIGCONT)
+                let woke = Instant::now();
+                process.signal(libc::SIGCONT)?;
+                return Ok(Some(woke));
             }
         }
+        Ok(None)
     }
 
     fn wait_successor(&self, from: usize) -> anyhow::Result<usize> {
@@ -187,18 +228,28 @@ impl Ha {
         let mut samples = Vec::new();
         while !stop.load(Ordering::SeqCst) {
             let at = Instant::now();
-            let forwarding = (0..self.replicas.len())
-                .map(|i| {
-                    self.status(i)
-                        .ok()
-                        .and_then(|s| s["forwarding"].as_str().map(str::to_owned))
-                })
-                .collect();
-            let api_actives = self
-                .lab
-                .connections(&self.node.0)
-                .ok()
-                .map(|c| c.iter().filter(|r| r["ha_status"] == "active").count());
+            // Every replica and the API at once, so one that does not answer delays none.
+            let (forwarding, api_actives) = std::thread::scope(|scope| {
+                let asks: Vec<_> = (0..self.replicas.len())
+                    .map(|i| {
+                        scope.spawn(move || {
+                            let agent = self.agent(i).ok()?;
+                            let s = agent
+                                .status_within(&self.replicas[i].ns, SAMPLE_TIMEOUT)
+                                .ok()?;
+                            s["forwarding"].as_str().map(str::to_owned)
+                        })
+                    })
+                    .collect();
+                let api_actives = self
+                    .lab
+                    .connections(&self.node.0)
+                    .ok()
+                    .map(|c| c.iter().filter(|r| r["ha_status"] == "active").count());
+                let forwarding: Vec<Option<String>> =
+                    asks.into_iter().map(|h| h.join().ok().flatten()).collect();
+                (forwarding, api_actives)
+            });
             samples.push(Sample {
                 at,
                 forwarding,
@@ -232,6 +283,16 @@ impl FailoverRun {
             .filter_map(|s| s.api_actives)
             .max()
             .unwrap_or(0)
+    }
+
+    /// Replica `i`'s answers in the samples taken at or after `since`, with each sample's
+    /// time in ms from the injection (`None`: it did not answer in time).
+    pub fn roles_of(&self, i: usize, since: Instant) -> Vec<(f64, Option<&str>)> {
+        self.samples
+            .iter()
+            .filter(|s| s.at >= since)
+            .map(|s| (self.since_ms(s.at), s.forwarding[i].as_deref()))
+            .collect()
     }
 
     /// Milliseconds from the injection to a wall-clock time in microseconds.
@@ -334,6 +395,34 @@ impl FailoverRun {
         }
         if let Some(at) = outbound {
             lines.push((at, "first packet through, LAN host → device".into()));
+        }
+        if let Some(at) = self.woke {
+            lines.push((self.since_ms(at), format!("SIGCONT of {}", name(self.from))));
+        }
+        // Each change in what the samples saw.
+        let mut last = None;
+        for s in &self.samples {
+            let seen: Vec<String> = s
+                .forwarding
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    format!(
+                        "{}={}",
+                        (b'a' + i as u8) as char,
+                        f.as_deref().unwrap_or("-")
+                    )
+                })
+                .collect();
+            let seen = format!(
+                "sampled: {} (api actives: {:?})",
+                seen.join(" "),
+                s.api_actives
+            );
+            if last.as_ref() != Some(&seen) {
+                lines.push((self.since_ms(s.at), seen.clone()));
+                last = Some(seen);
+            }
         }
         lines.sort_by(|a, b| a.0.total_cmp(&b.0));
         lines

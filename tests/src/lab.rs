@@ -256,6 +256,16 @@ impl Agent {
 
     /// The agent's `status --json`.
     pub fn status(&self, ns: &Netns) -> anyhow::Result<serde_json::Value> {
+        self.status_within(ns, Duration::from_secs(2))
+    }
+
+    /// The agent's `status --json`, or an error if it does not answer within `timeout`
+    /// (a SIGSTOPped agent never does).
+    pub fn status_within(
+        &self,
+        ns: &Netns,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
         let out = ns.exec(
             &bin("meshgate-agent")?.display().to_string(),
             &[
@@ -263,6 +273,8 @@ impl Agent {
                 "--json",
                 "--state-dir",
                 &self.state_dir.display().to_string(),
+                "--timeout-ms",
+                &timeout.as_millis().to_string(),
             ],
         )?;
         serde_json::from_str(&out).context("status --json is not JSON")

@@ -16,10 +16,12 @@ pub mod failover;
 pub mod ha;
 pub mod http;
 pub mod lab;
+pub mod lan_view;
 mod netns;
 pub mod probe;
 mod process;
 pub mod traffic;
+pub mod transfer;
 mod wait;
 
 pub use netns::{Lan, Netns, remove_run, sweep_stale, veth};

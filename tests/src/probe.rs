@@ -342,6 +342,19 @@ impl FlowReport {
         }
     }
 
+    /// Datagrams that arrived more than `bound` after they were sent, as `(seq, delay)`:
+    /// a replica that held packets while frozen and let them go when it woke.
+    pub fn late(&self, bound: Duration) -> Vec<(u64, Duration)> {
+        self.arrivals
+            .iter()
+            .filter_map(|&(seq, arrived)| {
+                let sent = self.sent_at[usize::try_from(seq).ok()?];
+                let delay = arrived.saturating_duration_since(sent);
+                (delay > bound).then_some((seq, delay))
+            })
+            .collect()
+    }
+
     /// The first datagram delivered that was sent at or after `t`: `(seq, sent, arrived)`.
     pub fn first_delivered_after(&self, t: Instant) -> Option<(u64, Instant, Instant)> {
         self.arrivals

@@ -3,8 +3,10 @@
 //! [`plumbing`], pumps packets, answers `status`, and drains on SIGTERM.
 
 mod backoff;
+mod drain;
 pub mod plumbing;
 mod pump;
+mod report;
 
 use std::{
     sync::{Arc, Mutex},
@@ -27,8 +29,10 @@ use crate::{
     status::{self, StatusReport},
 };
 use backoff::Backoff;
+use drain::DrainExit;
 use plumbing::Plumbing;
 use pump::PumpCounters;
+use report::role_name;
 
 /// Runs the agent until SIGTERM/SIGINT (after a drain) or a fatal error; removes what it
 /// added to the kernel on every exit path.
@@ -66,6 +70,7 @@ struct Agent {
     conn: Arc<Mutex<Option<quinn::Connection>>>,
     shutdown: tokio::sync::mpsc::UnboundedReceiver<()>,
     drain_deadline: Option<tokio::time::Instant>,
+    drain_exit: DrainExit,
     status_socket: std::path::PathBuf,
     local_prefixes: Vec<Ipv4Net>,
 }
@@ -104,6 +109,7 @@ impl Agent {
             conn: Arc::default(),
             shutdown: shutdown_signals(),
             drain_deadline: None,
+            drain_exit: DrainExit::default(),
             status_socket: state_dir::status_socket(&args.state_dir),
             local_prefixes: Vec::new(),
         }
@@ -111,7 +117,7 @@ impl Agent {
 
     async fn supervise(&mut self, plumbing: &mut Plumbing) -> anyhow::Result<()> {
         let _status =
-            status::serve(self.status_socket.clone(), self.status_source(plumbing)).await?;
+            status::serve(self.status_socket.clone(), report::source(self, plumbing)).await?;
         let initial = self.core.initial_actions();
         plumbing.apply(&initial, 0).await?;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -192,10 +198,15 @@ impl Agent {
         }
         *lock(&self.conn) = Some(session.connection().clone());
         self.set_connection("connected", None);
+        let gate = (self.mode == Mode::Node).then(|| pump::Gate {
+            lease: Arc::new(plumbing.lease_source()),
+            own: welcome.mesh_ip,
+        });
         let _pump = pump::start(
             plumbing.tun(),
             session.connection().clone(),
             self.counters.clone(),
+            gate,
         );
         let mut status_rx = session.subscribe();
         let first = status_rx.borrow_and_update().clone();
@@ -206,6 +217,8 @@ impl Agent {
                 .core
                 .next_deadline()
                 .map(tokio::time::Instant::from_std);
+            let drain_poll = (self.core.draining() && DrainExit::bouncing(self.core.forwarding()))
+                .then(|| tokio::time::Instant::now() + drain::POLL);
             tokio::select! {
                 changed = status_rx.changed() => {
                     if changed.is_err() {
@@ -226,18 +239,36 @@ impl Agent {
                     Some(_) => {}
                 },
                 _ = sleep_until_opt(deadline) => self.feed(plumbing, Some(&session), Event::Tick).await?,
-                up = plumbing.link_event() => self.feed(plumbing, Some(&session), Event::Link { up }).await?,
+                up = plumbing.link_event() => {
+                    self.feed(plumbing, Some(&session), Event::Link { up }).await?;
+                    // Fenced because the link went down (nothing else fences a replica that
+                    // is not draining): the coordinator never promotes a fenced replica
+                    // again, so register anew, as a standby.
+                    if up && self.core.role() == Role::Fenced && !self.core.draining() {
+                        break Outcome::Lost("the LAN link is back: registering again as a standby".into());
+                    }
+                }
                 _ = self.shutdown.recv() => {
                     info!("shutting down: asking for handover first if active");
                     self.drain_deadline = Some(tokio::time::Instant::now() + self.drain_timeout);
                     self.feed(plumbing, Some(&session), Event::Drain).await?;
                 }
                 _ = sleep_until_opt(self.drain_deadline) => {
-                    warn!(timeout_ms = self.drain_timeout.as_millis() as u64, "no standby took over in time; leaving anyway");
+                    if DrainExit::bouncing(self.core.forwarding()) {
+                        warn!(timeout_ms = self.drain_timeout.as_millis() as u64, "LAN hosts still send here after the handover; leaving anyway");
+                    } else {
+                        warn!(timeout_ms = self.drain_timeout.as_millis() as u64, "no standby took over in time; leaving anyway");
+                    }
                     break Outcome::Shutdown;
                 }
+                _ = sleep_until_opt(drain_poll) => {}
             }
-            if self.core.draining() && !matches!(self.core.forwarding(), Forwarding::Active { .. })
+            if self.core.draining()
+                && self.drain_exit.may_leave(
+                    self.core.forwarding(),
+                    plumbing.hairpinned(),
+                    Instant::now(),
+                )
             {
                 break Outcome::Shutdown;
             }
@@ -270,14 +301,24 @@ impl Agent {
         let routes = routes.iter().map(|e| e.network).collect();
         self.feed(plumbing, Some(session), Event::Routes(routes))
             .await?;
-        plumbing.set_lease_deadline(s.lease_deadline.filter(|_| s.role == Role::Active));
+        // A lease is in place before XDP may turn active; one ends only after the steps
+        // away from active are applied, so the pump's gate and `status` never see an
+        // active data plane without a lease.
+        let lease = s.lease_deadline.filter(|_| s.role == Role::Active);
+        if lease.is_some() {
+            plumbing.set_lease_deadline(lease);
+        }
         let event = Event::Status {
             role: s.role,
             epoch: s.epoch,
             active: s.active,
             lease_deadline: s.lease_deadline,
         };
-        self.feed(plumbing, Some(session), event).await
+        self.feed(plumbing, Some(session), event).await?;
+        if lease.is_none() {
+            plumbing.set_lease_deadline(None);
+        }
+        Ok(())
     }
 
     /// Feeds one event to the core and applies its steps.
@@ -297,6 +338,10 @@ impl Agent {
             }
         }
         let forwarding = self.core.forwarding();
+        if forwarding.role() != Role::Active {
+            // Leaving the active role starts with XDP: say so before the slower steps.
+            lock(&self.report).forwarding = role_name(forwarding.role()).into();
+        }
         let flip = plumbing.apply(&actions, forwarding.epoch()).await?;
         let mut r = lock(&self.report);
         r.role = role_name(self.core.role()).into();
@@ -321,37 +366,6 @@ impl Agent {
             r.connection.last_error = error;
         }
     }
-
-    /// The closure `status` calls: the stored report plus live lease, RTT and counters.
-    fn status_source(&self, plumbing: &Plumbing) -> Arc<dyn Fn() -> StatusReport + Send + Sync> {
-        let (report, counters, conn) = (
-            self.report.clone(),
-            self.counters.clone(),
-            self.conn.clone(),
-        );
-        let xdp = plumbing.counter_source();
-        let lease = plumbing.lease_source();
-        let mode = self.mode;
-        Arc::new(move || {
-            let mut r = lock(&report).clone();
-            r.lease_remaining_ms = lease()
-                .filter(|_| r.forwarding == "active" && mode == Mode::Node)
-                .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64);
-            r.connection.rtt_ms = lock(&conn).as_ref().map(|c| c.rtt().as_secs_f64() * 1000.0);
-            r.counters.tun_to_mesh = counters
-                .tun_to_mesh
-                .load(std::sync::atomic::Ordering::Relaxed);
-            r.counters.mesh_to_tun = counters
-                .mesh_to_tun
-                .load(std::sync::atomic::Ordering::Relaxed);
-            r.counters.dropped = counters.dropped();
-            if let Some((verdicts, routes)) = xdp() {
-                r.counters.xdp_verdicts = verdicts;
-                r.counters.xdp_routes = routes;
-            }
-            r
-        })
-    }
 }
 
 /// Refusals that retrying cannot fix: the token itself is the problem.
@@ -365,14 +379,6 @@ fn is_fatal(code: RefuseCode) -> bool {
         RefuseCode::DELETED,
     ]
     .contains(&code)
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Active => "active",
-        Role::Standby => "standby",
-        Role::Fenced => "fenced",
-    }
 }
 
 /// SIGTERM and SIGINT, as a channel: each signal is one message.

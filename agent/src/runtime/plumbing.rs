@@ -307,6 +307,15 @@ impl Plumbing {
                 }
                 "standby-peer".into()
             }
+            Action::SetHairpin(peer) => {
+                let Some(dp) = &self.dataplane else {
+                    return Ok(None);
+                };
+                lock(dp)
+                    .set_active_mac(peer.mac)
+                    .context("failed to write the active's MAC to XDP")?;
+                "hairpin".into()
+            }
             Action::SetXdpRole { role, epoch } => {
                 let Some(dp) = &self.dataplane else {
                     return Ok(None);
@@ -417,6 +426,14 @@ impl Plumbing {
                 .collect();
             Some((verdicts, routes))
         })
+    }
+
+    /// Packets XDP has bounced to the active replica so far (0 without XDP).
+    pub fn hairpinned(&self) -> u64 {
+        self.dataplane
+            .as_ref()
+            .and_then(|dp| lock(dp).counters().ok())
+            .map_or(0, |c| c.verdict(Verdict::Hairpin).packets)
     }
 
     /// The lease deadline, for `status`.

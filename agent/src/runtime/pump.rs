@@ -1,13 +1,24 @@
 //! The packet pump: TUN → QUIC datagrams and back, one task each way, so neither
 //! direction waits on the other. Counters are atomics read by `status`.
+//!
+//! On a node replica a [`Gate`] stops the pump from forwarding between the mesh and the
+//! LAN once its lease has run out. That matters after a freeze (SIGSTOP, a stalled VM):
+//! datagrams the coordinator sent while this replica was still active wait in the socket
+//! buffer, and packets from the LAN wait in the TUN queue; on waking, the pump must not
+//! let them go, since by then another replica forwards. XDP fences the LAN side in the
+//! kernel; this is the same rule for the path through user space.
 
 use std::{
     collections::BTreeMap,
+    net::Ipv4Addr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    time::Instant,
 };
+
+use meshgate_proto::datagram::ipv4_src_dst;
 
 use tokio::task::JoinHandle;
 use tracing::debug;
@@ -30,6 +41,8 @@ pub struct PumpCounters {
     pub send_failed: AtomicU64,
     /// Writes to the TUN that failed.
     pub tun_write_failed: AtomicU64,
+    /// Packets held back because this replica's lease had run out (see [`Gate`]).
+    pub fenced: AtomicU64,
 }
 
 impl PumpCounters {
@@ -39,11 +52,33 @@ impl PumpCounters {
             ("too_big", &self.too_big),
             ("send_failed", &self.send_failed),
             ("tun_write_failed", &self.tun_write_failed),
+            ("fenced", &self.fenced),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.load(Ordering::Relaxed)))
         .filter(|(_, v)| *v > 0)
         .collect()
+    }
+}
+
+/// A node replica's lease, as the pump sees it. See the module docs.
+#[derive(Clone)]
+pub struct Gate {
+    /// The deadline of the lease this replica holds or last held as active (`None`: it
+    /// holds none and has not been active since the coordinator last said otherwise).
+    pub lease: Arc<dyn Fn() -> Option<Instant> + Send + Sync>,
+    /// The replica's own Mesh IP: its own traffic is not forwarding and always passes.
+    pub own: Ipv4Addr,
+}
+
+impl Gate {
+    /// Whether `packet` may pass now: it is the replica's own traffic, or the lease it
+    /// forwards under has not run out.
+    fn allows(&self, packet: &[u8]) -> bool {
+        if ipv4_src_dst(packet).is_some_and(|(src, dst)| src == self.own || dst == self.own) {
+            return true;
+        }
+        (self.lease)().is_none_or(|deadline| Instant::now() < deadline)
     }
 }
 
@@ -61,9 +96,16 @@ impl Drop for Pump {
 }
 
 /// Starts moving packets between `tun` and `conn` until the connection closes.
-pub fn start(tun: Arc<Tun>, conn: quinn::Connection, counters: Arc<PumpCounters>) -> Pump {
+pub fn start(
+    tun: Arc<Tun>,
+    conn: quinn::Connection,
+    counters: Arc<PumpCounters>,
+    gate: Option<Gate>,
+) -> Pump {
+    let allows = move |packet: &[u8]| gate.as_ref().is_none_or(|g| g.allows(packet));
     let outbound = {
-        let (tun, conn, counters) = (tun.clone(), conn.clone(), counters.clone());
+        let (tun, conn, counters, allows) =
+            (tun.clone(), conn.clone(), counters.clone(), allows.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; BUF];
             loop {
@@ -74,6 +116,10 @@ pub fn start(tun: Arc<Tun>, conn: quinn::Connection, counters: Arc<PumpCounters>
                         return;
                     }
                 };
+                if !allows(&buf[..n]) {
+                    counters.fenced.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 match conn.send_datagram(bytes::Bytes::copy_from_slice(&buf[..n])) {
                     Ok(()) => counters.tun_to_mesh.fetch_add(1, Ordering::Relaxed),
                     Err(quinn::SendDatagramError::TooLarge) => {
@@ -87,6 +133,10 @@ pub fn start(tun: Arc<Tun>, conn: quinn::Connection, counters: Arc<PumpCounters>
     };
     let inbound = tokio::spawn(async move {
         while let Ok(packet) = conn.read_datagram().await {
+            if !allows(&packet) {
+                counters.fenced.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             match tun.send(&packet).await {
                 Ok(_) => counters.mesh_to_tun.fetch_add(1, Ordering::Relaxed),
                 Err(_) => counters.tun_write_failed.fetch_add(1, Ordering::Relaxed),

@@ -366,7 +366,7 @@ fn graceful_handover_loses_nothing_for_a_lan_host_that_missed_the_gratuitous_arp
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn tcp_transfers_both_ways_survive_a_kill_9_of_the_active() -> anyhow::Result<()> {
-    const TOTAL: u64 = 20 << 20;
+    const TOTAL: u64 = 40 << 20;
     const RATE: u64 = 5 << 20;
     let ha = started(2)?;
     let device_ip = ha.device_mesh_ip()?;

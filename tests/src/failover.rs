@@ -414,10 +414,12 @@ impl FailoverRun {
                     )
                 })
                 .collect();
+            let api = s
+                .api_actives
+                .map_or_else(|| "?".to_owned(), |n| n.to_string());
             let seen = format!(
-                "sampled: {} (api actives: {:?})",
-                seen.join(" "),
-                s.api_actives
+                "roles sampled: {} (active in the API: {api})",
+                seen.join(" ")
             );
             if last.as_ref() != Some(&seen) {
                 lines.push((self.since_ms(s.at), seen.clone()));

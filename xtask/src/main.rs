@@ -1,5 +1,7 @@
 //! `cargo xtask`: everything a developer or CI runs, on a fresh Debian machine or a warm one.
 
+mod bench;
+mod bench_tools;
 mod cmd;
 mod ebpf;
 mod setup;
@@ -24,6 +26,10 @@ enum Task {
     /// Setup if needed, build-ebpf, the workspace tests, then (as root) the namespace tests
     /// one at a time.
     Test(test::TestArgs),
+    /// Build for release and run the benchmarks (`tests/tests/bench_*.rs`, as root);
+    /// writes `target/bench/report.{md,json}` and flags regressions against
+    /// `BENCHMARKS.md`.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::BuildEbpf => ebpf::build(),
         Task::Test(args) => test::run(&args),
+        Task::Bench(args) => bench::run(&args),
     }
 }

@@ -368,33 +368,61 @@ impl Hub {
         self.event(conn, |conn| Event::Disconnected { conn });
     }
 
-    /// Let time act on every election (lease expiry, promotion).
+    /// Let time act on every election (lease expiry, promotion). The epochs of every
+    /// promotion due are persisted together before any of them is announced.
     pub fn tick(&self) {
         let now = Instant::now();
         let mut st = self.lock();
-        let mut changed = false;
+        let mut due = Vec::new();
         let nodes: Vec<Id> = st.elections.keys().copied().collect();
         for node in nodes {
             let Some(el) = st.elections.get_mut(&node) else {
                 continue;
             };
             let actions = el.handle(now, Event::Tick);
-            changed |= !actions.is_empty();
-            self.execute(&st, node, actions);
+            if !actions.is_empty() {
+                due.push((node, actions));
+            }
         }
-        if changed {
-            self.rebuild(&st, now);
+        if due.is_empty() {
+            return;
+        }
+        self.persist_epochs(&due);
+        for (node, actions) in due {
+            self.announce(&st, node, actions);
+        }
+        self.rebuild(&st, now);
+    }
+
+    /// Carries out one node's actions: its new epoch first, then the messages.
+    fn execute(&self, st: &State, node: Id, actions: Vec<Action>) {
+        let due = [(node, actions)];
+        self.persist_epochs(&due);
+        let [(node, actions)] = due;
+        self.announce(st, node, actions);
+    }
+
+    /// One store commit for every `PersistEpoch` in `due`.
+    fn persist_epochs(&self, due: &[(Id, Vec<Action>)]) {
+        let epochs: Vec<(Id, u64)> = due
+            .iter()
+            .flat_map(|(node, actions)| {
+                actions.iter().filter_map(move |a| match a {
+                    Action::PersistEpoch(e) => Some((*node, *e)),
+                    _ => None,
+                })
+            })
+            .collect();
+        if let Err(err) = self.registry.set_epochs(&epochs) {
+            tracing::error!(?epochs, error = %err, "failed to persist epochs");
         }
     }
 
-    fn execute(&self, st: &State, node: Id, actions: Vec<Action>) {
+    /// Everything but persistence (done by [`Hub::persist_epochs`] beforehand).
+    fn announce(&self, st: &State, node: Id, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::PersistEpoch(e) => {
-                    if let Err(err) = self.registry.set_epoch(node, e) {
-                        tracing::error!(%node, epoch = e, error = %err, "failed to persist epoch");
-                    }
-                }
+                Action::PersistEpoch(_) => {}
                 Action::Send { conn, msg } => {
                     let msg = match msg {
                         Out::LeaseGrant {

@@ -86,7 +86,16 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>) -> Result<()> {
         }
         Err(_) => anyhow::bail!("no Hello in time"),
     };
-    let (conn_id, mut ctl_rx) = match hub.register(conn.clone(), hello) {
+    // Registration may write the store (a new replica's Mesh IP, the first active's
+    // epoch), which waits for an fsync: on a blocking thread, so the runtime's workers
+    // keep serving every other connection's heartbeats meanwhile.
+    let registered = {
+        let (hub, conn) = (hub.clone(), conn.clone());
+        tokio::task::spawn_blocking(move || hub.register(conn, hello))
+            .await
+            .context("registration panicked")?
+    };
+    let (conn_id, mut ctl_rx) = match registered {
         Ok(x) => x,
         Err((code, reason)) => {
             refuse(&conn, &mut send, code, &reason).await;

@@ -12,6 +12,7 @@
 //! the reason instead of an obscure error.
 
 pub mod bench;
+pub mod blast;
 pub mod ha;
 pub mod http;
 pub mod lab;

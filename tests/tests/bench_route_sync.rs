@@ -199,7 +199,7 @@ fn flips(n: u32, count: usize) -> anyhow::Result<Vec<f64>> {
         routing.reconcile(&desired(n, Table::Standby)).await?;
         let mut samples = Vec::new();
         for i in 0..count {
-            let to = if i % 2 == 0 {
+            let to = if i.is_multiple_of(2) {
                 Table::Active
             } else {
                 Table::Standby
@@ -212,7 +212,11 @@ fn flips(n: u32, count: usize) -> anyhow::Result<Vec<f64>> {
     })?;
     // An even number of flips from STANDBY ends on STANDBY, with one selector.
     let selector = ns.ip("rule show pref 7310")?;
-    let want = if count % 2 == 0 { STANDBY } else { ACTIVE };
+    let want = if count.is_multiple_of(2) {
+        STANDBY
+    } else {
+        ACTIVE
+    };
     anyhow::ensure!(
         selector.lines().count() == 1 && selector.contains(&format!("lookup {want}")),
         "after {count} flips the selector is {selector:?}"

@@ -192,7 +192,8 @@ impl Hairpin {
         standby.sh(
             "sysctl -qw net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0",
         )?;
-        let counter = lan.enter(|| Probe::attach("eth0", XdpMode::Driver))??;
+        let counter =
+            lan.enter(|| Probe::attach("eth0", XdpMode::Driver).map_err(anyhow::Error::from))??;
         // Threaded NAPI on both receiving ends (GRO on, so the standby's veth uses NAPI
         // without XDP too): each hop then runs in its own kernel thread instead of
         // inside the sender's sendmmsg, so a slow forwarder drops frames rather than

@@ -169,8 +169,18 @@ impl Report {
             s.push_str(&line(x));
         }
         s.push('\n');
+        // One line per distinct note, naming every figure it belongs to.
+        let mut notes: Vec<(&str, Vec<&str>)> = Vec::new();
         for x in rows.iter().filter(|x| !x.figure.note.is_empty()) {
-            s.push_str(&format!("- `{}`: {}\n", x.figure.id, x.figure.note));
+            let (note, id) = (x.figure.note.as_str(), x.figure.id.as_str());
+            match notes.iter_mut().find(|(n, _)| *n == note) {
+                Some((_, ids)) => ids.push(id),
+                None => notes.push((note, vec![id])),
+            }
+        }
+        for (note, ids) in notes {
+            let ids: Vec<String> = ids.iter().map(|id| format!("`{id}`")).collect();
+            s.push_str(&format!("- {}: {note}\n", ids.join(", ")));
         }
         let commands: BTreeSet<&str> = rows
             .iter()

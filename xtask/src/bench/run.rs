@@ -70,7 +70,7 @@ pub fn bench_file(
     };
     // The pipe closes once every process holding it is gone.
     let _ = reader.join();
-    let failed: Vec<String> = lines.try_iter().filter_map(|l| failed_test(&l)).collect();
+    let failed = failed_tests(lines.try_iter());
     let reason = if timed_out {
         Some(format!("killed after {timeout:?}"))
     } else if !status.success() && failed.is_empty() {
@@ -89,11 +89,29 @@ pub fn bench_file(
     })
 }
 
-/// `test bench_x ... FAILED` → `bench_x`.
-fn failed_test(line: &str) -> Option<String> {
-    let rest = line.strip_prefix("test ")?;
-    let (name, verdict) = rest.rsplit_once(" ... ")?;
-    (verdict.trim() == "FAILED").then(|| name.trim().to_owned())
+/// The failed tests named by libtest: `test bench_x ... FAILED`, or — when the test's
+/// own output (`--nocapture`) split that line — the list under `failures:`.
+fn failed_tests(lines: impl Iterator<Item = String>) -> Vec<String> {
+    let mut failed: Vec<String> = Vec::new();
+    let mut in_list = false;
+    for line in lines {
+        let name = if line == "failures:" {
+            in_list = true;
+            None
+        } else if in_list && line.starts_with("    ") && !line.trim().contains(' ') {
+            Some(line.trim().to_owned())
+        } else {
+            in_list &= !line.starts_with("test result:");
+            line.strip_prefix("test ")
+                .and_then(|rest| rest.rsplit_once(" ... "))
+                .filter(|(_, verdict)| verdict.trim() == "FAILED")
+                .map(|(name, _)| name.trim().to_owned())
+        };
+        if let Some(name) = name.filter(|n| !failed.contains(n)) {
+            failed.push(name);
+        }
+    }
+    failed
 }
 
 /// SIGKILLs `pid` and every descendant, children first found from `/proc/*/stat`.
@@ -142,12 +160,21 @@ mod tests {
 
     #[test]
     fn picks_failed_tests_from_libtest_lines() {
+        let out = |text: &str| failed_tests(text.lines().map(String::from));
         assert_eq!(
-            failed_test("test bench_route_sync ... FAILED"),
-            Some("bench_route_sync".into())
+            out(
+                "test bench_a ... FAILED\ntest bench_b ... ok\ntest result: FAILED. 1 passed; 1 failed"
+            ),
+            vec!["bench_a"]
         );
-        assert_eq!(failed_test("test bench_xdp ... ok"), None);
-        assert_eq!(failed_test("test result: FAILED. 0 passed; 1 failed"), None);
+        // --nocapture: the verdict lands on a later line; the list names it.
+        assert_eq!(
+            out(
+                "test bench_a ... bench a.x median 1\nFAILED\n\nfailures:\n    bench_a\n\ntest result: FAILED."
+            ),
+            vec!["bench_a"]
+        );
+        assert!(out("test bench_a ... ok\ntest result: ok.").is_empty());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,7 +15,7 @@ use meshgate_proto::{
     CoordMsg, Hello, Id, Kind, PROTOCOL_VERSION, RefuseCode, Role, RouteEntry, RouteTable, Timings,
     Welcome, id::valid_replica_id,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::election::{self, Action, ConnId, Election, Event, Out};
 use crate::icmp::Limiter;
@@ -24,6 +24,7 @@ use crate::registry::{AuthError, Participant, Registry};
 use crate::relay::{Errors, Sender, Table};
 
 mod events;
+mod epochs;
 mod views;
 pub use events::{EventLog, NodeEvent};
 pub use views::ReplicaView;
@@ -74,8 +75,15 @@ pub struct Hub {
     state: Mutex<State>,
     table: RwLock<Arc<Table>>,
     icmp_limit: Arc<Limiter>,
+    /// Bumped after every swap of `table`; registrations wait on it ([`Hub::relay_ready`]).
+    relay_version: watch::Sender<u64>,
+    /// Connections came or went since the last rebuild: the next tick rebuilds. A rebuild
+    /// walks every session, so doing one per registration or disconnect made a fleet of
+    /// N connecting (or a storm of N/2 dropping) cost O(N²) under the state lock.
+    relay_stale: AtomicBool,
     next_conn: AtomicU64,
     fails: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    epochs: epochs::Epochs,
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -107,8 +115,11 @@ impl Hub {
             state: Mutex::default(),
             table: RwLock::default(),
             icmp_limit: Arc::default(),
+            relay_version: watch::Sender::new(0),
+            relay_stale: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
             fails: Mutex::default(),
+            epochs: epochs::Epochs::default(),
         }
     }
 
@@ -158,7 +169,8 @@ impl Hub {
     }
 
     /// Authenticate and register a connection. On success the Welcome is already queued
-    /// on the returned receiver, ahead of anything else.
+    /// on the returned receiver, ahead of anything else; the relay learns of the
+    /// connection at the next tick (deliver the Welcome after [`Hub::relay_ready`]).
     pub fn register(
         &self,
         conn: quinn::Connection,
@@ -215,9 +227,14 @@ impl Hub {
         } else {
             0
         };
+        let now = Instant::now();
+        if kind == Kind::Node && self.would_promote(id, now) {
+            self.epochs
+                .reserve(&self.registry, id, epoch0 + 1)
+                .map_err(|e| (RefuseCode::INTERNAL, e.to_string()))?;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let conn_id = self.next_conn.fetch_add(1, Relaxed);
-        let now = Instant::now();
         let mut st = self.lock();
         // The same replica (or device) again: the old connection is stale; replace it.
         let stale: Vec<ConnId> = st
@@ -290,7 +307,7 @@ impl Hub {
         };
         let _ = tx.send(CoordMsg::Welcome(Box::new(welcome)));
         self.execute(&st, id, actions);
-        self.rebuild(&st, now);
+        self.relay_stale.store(true, Relaxed);
         self.metrics.registrations.fetch_add(1, Relaxed);
         if kind == Kind::Node {
             self.events
@@ -298,6 +315,14 @@ impl Hub {
         }
         tracing::info!(conn = conn_id, kind = ?kind, node = %name, replica = %hello.replica_id, %mesh_ip, role = role_name(role), epoch, origin = %origin, "registered");
         Ok((conn_id, rx))
+    }
+
+    /// Whether a replica of `node` registering now would be promoted (nobody is active).
+    fn would_promote(&self, node: Id, now: Instant) -> bool {
+        self.lock()
+            .elections
+            .get(&node)
+            .is_none_or(|e| e.active(now).is_none())
     }
 
     fn drop_session(
@@ -359,21 +384,22 @@ impl Hub {
         if is_handover && el.active(now) == Some(conn) {
             tracing::info!(%node, conn, "handover deferred until a healthy standby exists (and any handover in progress ends); the active keeps serving");
         }
-        let changed = is_disconnect
-            || actions.iter().any(|a| {
-                matches!(
-                    a,
-                    Action::Promoted { .. }
-                        | Action::LeaseExpired { .. }
-                        | Action::Send {
-                            msg: Out::RoleChange { .. } | Out::HandoverDone { .. },
-                            ..
-                        }
-                )
-            });
+        let changed = actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Promoted { .. }
+                    | Action::LeaseExpired { .. }
+                    | Action::Send {
+                        msg: Out::RoleChange { .. } | Out::HandoverDone { .. },
+                        ..
+                    }
+            )
+        });
         self.execute(&st, node, actions);
         if changed {
             self.rebuild(&st, now);
+        } else if is_disconnect {
+            self.relay_stale.store(true, Relaxed);
         }
     }
 
@@ -386,40 +412,55 @@ impl Hub {
             .is_some_and(|s| s.kind == Kind::Device)
         {
             st.sessions.remove(&conn);
-            self.rebuild(&st, Instant::now());
+            self.relay_stale.store(true, Relaxed);
             return;
         }
         drop(st);
         self.event(conn, |conn| Event::Disconnected { conn });
     }
 
-    /// Let time act on every election (lease expiry, promotion).
+    /// Let time act on every election (lease expiry, promotion). The epochs of every
+    /// promotion due are persisted together before any of them is announced.
     pub fn tick(&self) {
         let now = Instant::now();
         let mut st = self.lock();
-        let mut changed = false;
+        let mut due = Vec::new();
         let nodes: Vec<Id> = st.elections.keys().copied().collect();
         for node in nodes {
             let Some(el) = st.elections.get_mut(&node) else {
                 continue;
             };
             let actions = el.handle(now, Event::Tick);
-            changed |= !actions.is_empty();
-            self.execute(&st, node, actions);
+            if !actions.is_empty() {
+                due.push((node, actions));
+            }
         }
-        if changed {
-            self.rebuild(&st, now);
+        if due.is_empty() {
+            if self.relay_stale.load(Relaxed) {
+                self.rebuild(&st, now);
+            }
+            return;
         }
+        self.epochs.persist(&self.registry, &due);
+        for (node, actions) in due {
+            self.announce(&st, node, actions);
+        }
+        self.rebuild(&st, now);
     }
 
+    /// Carries out one node's actions: its new epoch first, then the messages.
     fn execute(&self, st: &State, node: Id, actions: Vec<Action>) {
+        let due = [(node, actions)];
+        self.epochs.persist(&self.registry, &due);
+        let [(node, actions)] = due;
+        self.announce(st, node, actions);
+    }
+
+    /// Everything but persistence (done by [`epochs::Epochs::persist`] beforehand).
+    fn announce(&self, st: &State, node: Id, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::PersistEpoch(e) => {
-                    if let Err(err) = self.registry.set_epoch(node, e) {
-                        tracing::error!(%node, epoch = e, error = %err, "failed to persist epoch");
-                    }
-                }
+                Action::PersistEpoch(_) => {}
                 Action::Send { conn, msg } => {
                     let msg = match msg {
                         Out::LeaseGrant {
@@ -513,6 +554,20 @@ impl Hub {
         };
         let table = Arc::new(Table::build(participants, routes, active, errors));
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
+        self.relay_stale.store(false, Relaxed);
+        self.relay_version.send_modify(|v| *v += 1);
+    }
+
+    fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until the relay table includes `conn` (at most one tick after its
+    /// registration), so a participant that has its Welcome can send at once.
+    pub async fn relay_ready(&self, conn: ConnId) {
+        let mut version = self.relay_version.subscribe();
+        // The sender lives as long as the hub, so this only ends by the condition.
+        let _ = version.wait_for(|_| self.table().has_conn(conn)).await;
     }
 
     /// Routes changed: push the table to everybody and rebuild the relay.
@@ -546,7 +601,6 @@ impl Hub {
 
     /// Relay one datagram.
     pub fn forward(&self, from: ConnId, pkt: Bytes) {
-        let table = self.table.read().unwrap_or_else(|e| e.into_inner()).clone();
-        table.forward(from, pkt, &self.metrics);
+        self.table().forward(from, pkt, &self.metrics);
     }
 }

@@ -110,8 +110,7 @@ async fn serve(a: Serve) -> Result<()> {
         a.name.clone(),
     ));
 
-    let endpoint = quic::endpoint(&id, a.quic_listen)
-        .with_context(|| format!("failed to bind QUIC on {}", a.quic_listen))?;
+    let endpoint = quic::endpoint(&id, a.quic_listen)?;
     let quic_addr = endpoint.local_addr().context("QUIC local address")?;
     let listener = tokio::net::TcpListener::bind(a.api_listen)
         .await

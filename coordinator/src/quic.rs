@@ -17,6 +17,46 @@ use crate::identity::Identity;
 
 /// How long a new connection may take to send its Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the relay to include a new connection (normally one 10 ms tick).
+const RELAY_WAIT: Duration = Duration::from_secs(1);
+
+/// Socket buffers asked for (the kernel caps them at `net.core.{r,w}mem_max`). Thousands
+/// of replicas' heartbeats arrive in bursts while the endpoint task waits for a CPU; they
+/// must wait in the socket rather than be dropped (and retransmitted a PTO later, past
+/// leases). With the 208 KiB default, 5,000 replicas lost over a third of their
+/// datagrams (`cargo xtask bench --only coordinator`).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// The QUIC endpoint on `listen`, with room for bursts in its socket buffers and a
+/// stateless-reset key that outlives this process ([`Identity::reset_key`]).
+pub fn endpoint(id: &Identity, listen: SocketAddr) -> Result<quinn::Endpoint> {
+    let mut config = quinn::EndpointConfig::new(Arc::new(ResetKey(id.reset_key())));
+    // quinn's default generator signs its ids with a per-process key and ignores packets
+    // for ids it did not sign, so a restarted coordinator would never send the reset.
+    config.cid_generator(|| Box::new(RandomCids));
+    let socket = std::net::UdpSocket::bind(listen)
+        .with_context(|| format!("failed to bind QUIC on {listen}"))?;
+    let state = quinn::udp::UdpSocketState::new((&socket).into())
+        .context("failed to configure the QUIC socket")?;
+    if let Err(e) = state
+        .set_recv_buffer_size((&socket).into(), SOCKET_BUFFER)
+        .and_then(|()| state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER))
+    {
+        tracing::warn!(error = %e, "could not enlarge the QUIC socket buffers; bursts may drop");
+    }
+    tracing::debug!(
+        recv = state.recv_buffer_size((&socket).into()).ok(),
+        send = state.send_buffer_size((&socket).into()).ok(),
+        "QUIC socket buffers"
+    );
+    quinn::Endpoint::new(
+        config,
+        Some(server_config(id)?),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("failed to start the QUIC endpoint")
+}
 
 /// A quinn server config from the coordinator's identity.
 pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig> {
@@ -43,23 +83,6 @@ pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig> {
         .max_concurrent_bidi_streams(1u32.into());
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
-}
-
-/// The QUIC endpoint on `addr`, with a stateless-reset key that outlives this process
-/// ([`Identity::reset_key`]).
-pub fn endpoint(id: &Identity, addr: SocketAddr) -> Result<quinn::Endpoint> {
-    let mut config = quinn::EndpointConfig::new(Arc::new(ResetKey(id.reset_key())));
-    // quinn's default generator signs its ids with a per-process key and ignores packets
-    // for ids it did not sign, so a restarted coordinator would never send the reset.
-    config.cid_generator(|| Box::new(RandomCids));
-    let socket = std::net::UdpSocket::bind(addr)?;
-    let runtime = quinn::default_runtime().context("no async runtime")?;
-    Ok(quinn::Endpoint::new(
-        config,
-        Some(server_config(id)?),
-        socket,
-        runtime,
-    )?)
 }
 
 /// Random 8-byte connection ids, accepted from any earlier run (see [`endpoint`]).
@@ -158,13 +181,26 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>) -> Result<()> {
         }
         Err(_) => anyhow::bail!("no Hello in time"),
     };
-    let (conn_id, mut ctl_rx) = match hub.register(conn.clone(), hello) {
+    // Registration may write the store (a new replica's Mesh IP, the first active's
+    // epoch), which waits for an fsync: on a blocking thread, so the runtime's workers
+    // keep serving every other connection's heartbeats meanwhile.
+    let registered = {
+        let (hub, conn) = (hub.clone(), conn.clone());
+        tokio::task::spawn_blocking(move || hub.register(conn, hello))
+            .await
+            .context("registration panicked")?
+    };
+    let (conn_id, mut ctl_rx) = match registered {
         Ok(x) => x,
         Err((code, reason)) => {
             refuse(&conn, &mut send, code, &reason).await;
             anyhow::bail!("refused (code {}): {reason}", code.0);
         }
     };
+    // The Welcome goes out once the relay knows the connection, so the participant can
+    // send as soon as it has it. A session replaced meanwhile never appears: its
+    // queued Refused goes out after the timeout.
+    let _ = tokio::time::timeout(RELAY_WAIT, hub.relay_ready(conn_id)).await;
     let writer = tokio::spawn(async move {
         while let Some(msg) = ctl_rx.recv().await {
             let refused = matches!(msg, CoordMsg::Refused { .. });

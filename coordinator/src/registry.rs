@@ -450,9 +450,17 @@ impl Registry {
         Ok(self.get(&format!("epochs/{node}"))?.unwrap_or(0))
     }
 
-    /// Persist a node's epoch (before any message carrying it is sent).
-    pub fn set_epoch(&self, node: Id, epoch: u64) -> R<()> {
-        self.store.put(&format!("epochs/{node}"), &json(&epoch))?;
+    /// Persist nodes' epochs (before any message carrying them is sent), all in one
+    /// transaction: a storm of promotions costs one commit (one fsync), not one each.
+    pub fn set_epochs(&self, epochs: &[(Id, u64)]) -> R<()> {
+        if epochs.is_empty() {
+            return Ok(());
+        }
+        let ops: Vec<Op> = epochs
+            .iter()
+            .map(|(node, epoch)| Op::put(format!("epochs/{node}"), json(epoch)))
+            .collect();
+        self.store.txn(&[], &ops)?;
         Ok(())
     }
 

@@ -101,3 +101,19 @@ fn routes_are_validated_and_versioned() {
     r.delete_route(a.id, route.id).unwrap();
     assert!(r.add_route(b.id, "192.168.0.0/16", "").is_ok());
 }
+
+#[test]
+fn epochs_of_many_nodes_persist_in_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = reg(dir.path());
+    let (a, b) = (Id::random(), Id::random());
+    let before = r.store.revision().unwrap();
+    r.set_epochs(&[(a, 3), (b, 7)]).unwrap();
+    assert_eq!(r.store.revision().unwrap(), before + 1, "one transaction");
+    assert_eq!((r.epoch(a).unwrap(), r.epoch(b).unwrap()), (3, 7));
+    r.set_epochs(&[]).unwrap();
+    assert_eq!(r.store.revision().unwrap(), before + 1, "nothing to write");
+    drop(r);
+    let r = reg(dir.path());
+    assert_eq!(r.epoch(b).unwrap(), 7, "survives a restart");
+}

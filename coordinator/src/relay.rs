@@ -115,6 +115,11 @@ impl Table {
         t
     }
 
+    /// Whether the connection is in the table.
+    pub fn has_conn(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
     /// Relay one datagram received from `from`.
     pub fn forward(&self, from: ConnId, pkt: Bytes, m: &Metrics) {
         if pkt.len() > MAX_PACKET {

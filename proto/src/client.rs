@@ -76,6 +76,9 @@ pub struct ConnectOptions {
     pub agent_version: String,
     /// Give up on an address after this long.
     pub connect_timeout: Duration,
+    /// Dial from this endpoint instead of a new one per session, so many sessions can
+    /// share one UDP socket (simulations and benchmarks of many replicas in one process).
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 impl ConnectOptions {
@@ -86,6 +89,7 @@ impl ConnectOptions {
             lan: None,
             agent_version: concat!("meshgate/", env!("CARGO_PKG_VERSION")).into(),
             connect_timeout: Duration::from_secs(5),
+            endpoint: None,
         }
     }
 }
@@ -158,13 +162,17 @@ impl Session {
             .map_err(|e| ClientError::Unreachable(e.to_string()))?
             .next()
             .ok_or_else(|| ClientError::Unreachable(format!("{addr} resolves to nothing")))?;
-        let local: SocketAddr = if remote.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            ([0u16; 8], 0).into()
+        let endpoint = match &opts.endpoint {
+            Some(shared) => shared.clone(),
+            None => {
+                let local: SocketAddr = if remote.is_ipv4() {
+                    ([0, 0, 0, 0], 0).into()
+                } else {
+                    ([0u16; 8], 0).into()
+                };
+                quinn::Endpoint::client(local).map_err(|e| ClientError::Setup(e.to_string()))?
+            }
         };
-        let endpoint =
-            quinn::Endpoint::client(local).map_err(|e| ClientError::Setup(e.to_string()))?;
         let conn = endpoint
             .connect_with(client_config(token.fingerprint)?, remote, SERVER_NAME)
             .map_err(|e| ClientError::Unreachable(e.to_string()))?

@@ -10,6 +10,8 @@
 //! A line: `{"id": "xdp.classify.10000", "row": 3, "label": "...", "unit": "ns",
 //! "better": "lower", "samples": [..], "baseline": "xdp.pass" | null,
 //! "target": {"op": "<=", "value": 100.0} | null, "reproduce": "...", "note": "..."}`.
+//! [`Figure::to_json`] writes a line and [`Figure::from_json`] reads it back, so both
+//! ends of the contract share one definition.
 
 use std::io::Write;
 
@@ -57,7 +59,8 @@ pub struct Figure {
     pub samples: Vec<f64>,
     /// The id of the figure this one is compared with, side by side in the same run.
     pub baseline: Option<String>,
-    /// The goal: `("<=", 300.0)` or `(">=", 1.0)`; ratios use the op on `ratio:` values.
+    /// The goal on the median: `("<=", 300.0)` or `(">=", 1.0)`. With the op prefixed by
+    /// `ratio` (`("ratio<=", 1.0)`) the goal is on the ratio median / baseline median.
     pub target: Option<(String, f64)>,
     /// The command that reproduces it.
     pub reproduce: String,
@@ -116,6 +119,65 @@ impl Figure {
     pub fn median(&self) -> f64 {
         percentile(&self.samples, 50.0)
     }
+
+    /// The JSON line [`record`] writes.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "id": self.id,
+            "row": self.row,
+            "label": self.label,
+            "unit": self.unit,
+            "better": match self.better { Better::Lower => "lower", Better::Higher => "higher" },
+            "samples": self.samples,
+            "baseline": self.baseline,
+            "target": self.target.as_ref().map(|(op, v)| json!({"op": op, "value": v})),
+            "reproduce": self.reproduce,
+            "note": self.note,
+        })
+    }
+
+    /// Reads a line written by [`Figure::to_json`]; an error names the missing field.
+    pub fn from_json(v: &serde_json::Value) -> anyhow::Result<Self> {
+        let text = |field: &str| -> anyhow::Result<String> {
+            v[field]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("no string `{field}` in {v}"))
+        };
+        let better = match text("better")?.as_str() {
+            "lower" => Better::Lower,
+            "higher" => Better::Higher,
+            other => anyhow::bail!("`better` is {other:?}, not lower or higher"),
+        };
+        let samples = v["samples"]
+            .as_array()
+            .context("no `samples` array")?
+            .iter()
+            .map(|s| s.as_f64().context("a sample is not a number"))
+            .collect::<anyhow::Result<Vec<f64>>>()?;
+        let target = match &v["target"] {
+            serde_json::Value::Null => None,
+            t => Some((
+                t["op"].as_str().context("target without `op`")?.to_owned(),
+                t["value"].as_f64().context("target without `value`")?,
+            )),
+        };
+        Ok(Self {
+            id: text("id")?,
+            row: v["row"]
+                .as_u64()
+                .and_then(|r| u8::try_from(r).ok())
+                .context("no `row` in 0..=255")?,
+            label: text("label")?,
+            unit: text("unit")?,
+            better,
+            samples,
+            baseline: v["baseline"].as_str().map(str::to_owned),
+            target,
+            reproduce: text("reproduce").unwrap_or_default(),
+            note: text("note").unwrap_or_default(),
+        })
+    }
 }
 
 /// The `p`th percentile (nearest rank) of `samples`; NaN when empty.
@@ -148,18 +210,7 @@ pub fn record(figure: &Figure) -> anyhow::Result<()> {
     let Ok(path) = std::env::var(OUT_ENV) else {
         return Ok(());
     };
-    let line = json!({
-        "id": figure.id,
-        "row": figure.row,
-        "label": figure.label,
-        "unit": figure.unit,
-        "better": match figure.better { Better::Lower => "lower", Better::Higher => "higher" },
-        "samples": figure.samples,
-        "baseline": figure.baseline,
-        "target": figure.target.as_ref().map(|(op, v)| json!({"op": op, "value": v})),
-        "reproduce": figure.reproduce,
-        "note": figure.note,
-    });
+    let line = figure.to_json();
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -182,5 +233,18 @@ mod tests {
         assert_eq!(percentile(&v, 0.0), 1.0);
         assert_eq!(percentile(&[3.0, 1.0, 2.0], 50.0), 2.0);
         assert!(percentile(&[], 50.0).is_nan());
+    }
+
+    #[test]
+    fn a_line_reads_back_as_the_same_figure() {
+        let f = Figure::new("route_sync.install", 4, "install", "ms", Better::Lower)
+            .samples(vec![3.0, 1.5])
+            .baseline("route_sync.ip_batch")
+            .target("ratio<=", 1.0)
+            .reproduce("cargo xtask bench --only route")
+            .note("n");
+        let back = Figure::from_json(&f.to_json()).unwrap();
+        assert_eq!(back.to_json(), f.to_json());
+        assert!(Figure::from_json(&json!({"id": "x"})).is_err());
     }
 }

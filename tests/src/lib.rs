@@ -13,6 +13,7 @@
 
 pub mod bench;
 pub mod failover;
+pub mod blast;
 pub mod ha;
 pub mod http;
 pub mod lab;

@@ -1,5 +1,7 @@
 //! `cargo xtask`: everything a developer or CI runs, on a fresh Debian machine or a warm one.
 
+mod bench;
+mod bench_tools;
 mod cmd;
 mod demo;
 mod ebpf;
@@ -28,6 +30,10 @@ enum Task {
     /// The HA demo: an HA gateway in network namespaces, traffic both ways, `kill -9` of
     /// the active replica, and the failover's timeline and outage (root).
     Demo(demo::DemoArgs),
+    /// Build for release and run the benchmarks (`tests/tests/bench_*.rs`, as root);
+    /// writes `target/bench/report.{md,json}` and flags regressions against
+    /// `BENCHMARKS.md`.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +42,6 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf => ebpf::build(),
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
+        Task::Bench(args) => bench::run(&args),
     }
 }

@@ -23,8 +23,8 @@ use crate::metrics::Metrics;
 use crate::registry::{AuthError, Participant, Registry};
 use crate::relay::{Errors, Sender, Table};
 
-mod events;
 mod epochs;
+mod events;
 mod views;
 pub use events::{EventLog, NodeEvent};
 pub use views::ReplicaView;

@@ -12,8 +12,8 @@
 //! the reason instead of an obscure error.
 
 pub mod bench;
-pub mod failover;
 pub mod blast;
+pub mod failover;
 pub mod ha;
 pub mod http;
 pub mod lab;

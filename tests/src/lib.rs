@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod failover;
 pub mod blast;
+pub mod failover_trials;
 pub mod ha;
 pub mod http;
 pub mod lab;
@@ -21,6 +22,8 @@ pub mod lan_view;
 mod netns;
 pub mod probe;
 mod process;
+pub mod tools;
+pub mod vrrp;
 pub mod traffic;
 pub mod transfer;
 mod wait;

@@ -2,13 +2,14 @@
 //! [`Ha::measure_failover`]; between trials the faulted replica is brought back as a
 //! standby, so the active alternates between the replicas.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::{
     failover::{FailoverRun, Fault},
     ha::{HOST_IP, Ha},
+    probe::FlowReport,
 };
 
 /// How long traffic runs after the successor is active, so the flows show it resumed.
@@ -93,11 +94,14 @@ impl Ha {
             match self.measure_failover(fault, port, AFTER) {
                 Ok(run) => {
                     eprintln!(
-                        "trial {t}: {} → {}: outage in {} ms, out {} ms, lost {}+{}",
+                        "trial {t}: {} → {}: outage in {} ms, out {} ms (timely: {} / {} ms), \
+                         lost {}+{}",
                         run.from,
                         run.to,
                         run.inbound.outage().as_millis(),
                         run.outbound.outage().as_millis(),
+                        timely_outage(&run.inbound, TIMELY).as_millis(),
+                        timely_outage(&run.outbound, TIMELY).as_millis(),
                         run.inbound.lost(),
                         run.outbound.lost()
                     );
@@ -118,7 +122,89 @@ impl Ha {
     }
 }
 
+/// How late a datagram may arrive and still count as delivered in [`timely_outage`].
+pub const TIMELY: Duration = Duration::from_millis(100);
+
+/// Like [`FlowReport::outage`], but a datagram delivered more than `max_delay` after it was
+/// sent counts as lost: a frozen replica can hold datagrams and let them go a second
+/// later, which closes the gap in sequence numbers without anything arriving in time.
+pub fn timely_outage(r: &FlowReport, max_delay: Duration) -> Duration {
+    let (Some(&first), Some(&last)) = (r.sent_at.first(), r.sent_at.last()) else {
+        return Duration::ZERO;
+    };
+    let interval = (last - first) / u32::try_from(r.sent.max(2) - 1).unwrap_or(u32::MAX);
+    let delivered = r.arrivals.iter().filter_map(|&(seq, at)| {
+        let sent = *r.sent_at.get(usize::try_from(seq).ok()?)?;
+        (at.saturating_duration_since(sent) <= max_delay).then_some(sent)
+    });
+    // Send times of the timely datagrams, bracketed by the flow's start and last send.
+    let mut points: Vec<Instant> = std::iter::once(r.started)
+        .chain(delivered)
+        .chain(std::iter::once(last))
+        .collect();
+    points.sort();
+    points
+        .windows(2)
+        .map(|w| (w[1] - w[0]).saturating_sub(interval))
+        .max()
+        .unwrap_or(Duration::ZERO)
+}
+
 /// Milliseconds of a duration, for figures.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, time::SystemTime};
+
+    use super::*;
+
+    fn report(delays_ms: &[Option<u64>]) -> FlowReport {
+        let t0 = Instant::now();
+        let sent_at: Vec<Instant> = (0..delays_ms.len() as u64)
+            .map(|i| t0 + Duration::from_millis(2 * i))
+            .collect();
+        let arrivals: Vec<(u64, Instant)> = delays_ms
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| Some((i as u64, sent_at[i] + Duration::from_millis((*d)?))))
+            .collect();
+        FlowReport {
+            label: "a → b".into(),
+            sent: sent_at.len() as u64,
+            received: arrivals.len() as u64,
+            duplicates: 0,
+            errors: BTreeMap::new(),
+            gaps: Vec::new(),
+            sent_at,
+            arrivals,
+            error_log: Vec::new(),
+            started: t0,
+            started_wall: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn late_datagrams_count_as_an_outage() {
+        // 100 datagrams 2 ms apart; 40..60 arrive a second late (held by a frozen agent).
+        let delays: Vec<Option<u64>> = (0..100)
+            .map(|i| Some(if (40..60).contains(&i) { 1000 } else { 1 }))
+            .collect();
+        let r = report(&delays);
+        // Sent 39 at 78 ms, next timely 60 at 120 ms, less one interval.
+        assert_eq!(timely_outage(&r, TIMELY), Duration::from_millis(40));
+        assert_eq!(timely_outage(&r, Duration::from_secs(2)), Duration::ZERO);
+    }
+
+    #[test]
+    fn lost_datagrams_and_a_lost_tail_count_too() {
+        let mut delays: Vec<Option<u64>> = vec![Some(1); 100];
+        delays[10..20].fill(None);
+        delays[90..].fill(None);
+        let r = report(&delays);
+        // The gap 10..20 spans 18 ms less 2; the tail 90..100 spans 89 → 99, 20 ms less 2.
+        assert_eq!(timely_outage(&r, TIMELY), Duration::from_millis(20));
+    }
 }

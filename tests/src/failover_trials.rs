@@ -43,13 +43,7 @@ impl Ha {
     /// connected, once traffic flows both ways.
     pub fn started(replicas: usize) -> anyhow::Result<Self> {
         let mut ha = Ha::new(replicas)?;
-        ha.start_replica(0, &[])?;
-        ha.wait_forwarding(0, "active")?;
-        for i in 1..replicas {
-            ha.start_replica(i, &[])?;
-            ha.wait_forwarding(i, "standby")?;
-        }
-        ha.start_device()?;
+        ha.start_all(&[])?;
         let device_ip = ha.device_mesh_ip()?;
         ha.wait_ping(&ha.device, HOST_IP)?;
         ha.wait_ping(&ha.host, &device_ip)?;

@@ -12,8 +12,8 @@
 //! the reason instead of an obscure error.
 
 pub mod bench;
-pub mod failover;
 pub mod blast;
+pub mod failover;
 pub mod failover_trials;
 pub mod ha;
 pub mod http;
@@ -25,9 +25,9 @@ pub mod probe;
 mod process;
 pub mod routed;
 pub mod tools;
-pub mod vrrp;
 pub mod traffic;
 pub mod transfer;
+pub mod vrrp;
 mod wait;
 pub mod wg;
 

@@ -41,7 +41,7 @@ const DIRECTIONS: [(&str, &str, bool); 2] = [
 type Samples = BTreeMap<(String, &'static str), Vec<f64>>;
 
 fn seconds() -> f64 {
-    if bench::quick() { 2.0 } else { 5.0 }
+    if bench::quick() { 1.0 } else { 5.0 }
 }
 
 #[test]

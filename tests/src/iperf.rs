@@ -124,37 +124,37 @@ impl Server {
         })
     }
 
-    /// The highest offered UDP rate whose loss stays under [`UDP_MAX_LOSS_PERCENT`]: from
-    /// what `-b 0` got through, down in steps of 20% until one is carried, then two
-    /// halvings of the interval between the last lost and the first carried rate (so the
-    /// answer is within 5% of the highest carried rate). Without any carried rate, the last
-    /// one tried.
-    pub fn udp_rate(&self, client: &Netns, secs: f64, reverse: bool) -> anyhow::Result<f64> {
-        let carried = |rate: f64| -> anyhow::Result<bool> {
-            Ok(self.udp(client, secs, reverse, Some(rate))?.loss_percent < UDP_MAX_LOSS_PERCENT)
-        };
+    /// The highest offered UDP rate whose loss stays under [`UDP_MAX_LOSS_PERCENT`], and
+    /// what that run delivered: from what `-b 0` got through, down in steps of 20% until
+    /// one is carried, then two halvings of the interval between the last lost and the
+    /// first carried rate (so the answer is within 5% of the highest carried rate).
+    /// Without any carried rate, the last one tried.
+    pub fn udp_rate(&self, client: &Netns, secs: f64, reverse: bool) -> anyhow::Result<(f64, Udp)> {
         let flat_out = self.udp(client, secs, reverse, None)?;
         if flat_out.loss_percent < UDP_MAX_LOSS_PERCENT {
-            return Ok(flat_out.mbit);
+            return Ok((flat_out.mbit, flat_out));
         }
-        let (mut lost, mut ok) = (flat_out.mbit, None);
+        let mut lost = (flat_out.mbit, flat_out);
+        let mut ok = None;
         for _ in 0..6 {
-            let rate = lost * 0.8;
-            if carried(rate)? {
-                ok = Some(rate);
+            let rate = lost.0 * 0.8;
+            let got = self.udp(client, secs, reverse, Some(rate))?;
+            if got.loss_percent < UDP_MAX_LOSS_PERCENT {
+                ok = Some((rate, got));
                 break;
             }
-            lost = rate;
+            lost = (rate, got);
         }
         let Some(mut ok) = ok else {
             return Ok(lost);
         };
         for _ in 0..2 {
-            let mid = (ok + lost) / 2.0;
-            if carried(mid)? {
-                ok = mid;
+            let mid = (ok.0 + lost.0) / 2.0;
+            let got = self.udp(client, secs, reverse, Some(mid))?;
+            if got.loss_percent < UDP_MAX_LOSS_PERCENT {
+                ok = (mid, got);
             } else {
-                lost = mid;
+                lost = (mid, got);
             }
         }
         Ok(ok)

@@ -32,22 +32,21 @@ fn other_trials() -> usize {
     bench::repeats(10)
 }
 
-/// Records `<prefix>.inbound` and `<prefix>.outbound` outage figures from `runs`.
+/// Records `<prefix>.inbound` and `<prefix>.outbound` outage figures from per-trial
+/// `[inbound, outbound]` outages; `remote` names the far end (`device`, `client`).
 fn outage_figures(
     prefix: &str,
     what: &str,
-    runs: &[(Duration, Duration)],
+    remote: &str,
+    runs: &[[Duration; 2]],
     note: &str,
     adjust: impl Fn(Figure, &str) -> Figure,
 ) -> anyhow::Result<()> {
-    for (dir, label, pick) in [
-        ("inbound", "device → LAN host", 0),
-        ("outbound", "LAN host → device", 1),
-    ] {
-        let samples = runs
-            .iter()
-            .map(|r| ms(if pick == 0 { r.0 } else { r.1 }))
-            .collect();
+    let directions = [
+        ("inbound", format!("{remote} → LAN host")),
+        ("outbound", format!("LAN host → {remote}")),
+    ];
+    for (side, (dir, label)) in directions.iter().enumerate() {
         let figure = Figure::new(
             &format!("{prefix}.{dir}"),
             ROW,
@@ -55,7 +54,7 @@ fn outage_figures(
             "ms",
             Better::Lower,
         )
-        .samples(samples)
+        .samples(runs.iter().map(|r| ms(r[side])).collect())
         .reproduce(REPRODUCE)
         .note(note);
         bench::record(&adjust(figure, dir))?;
@@ -64,18 +63,18 @@ fn outage_figures(
 }
 
 /// Per trial, the outage each way, counting datagrams delivered over 100 ms late as lost.
-fn outages(runs: &[FailoverRun]) -> Vec<(Duration, Duration)> {
+fn outages(runs: &[FailoverRun]) -> Vec<[Duration; 2]> {
     runs.iter()
         .map(|r| {
-            (
+            [
                 timely_outage(&r.inbound, TIMELY),
                 timely_outage(&r.outbound, TIMELY),
-            )
+            ]
         })
         .collect()
 }
 
-/// Fails when no trial of a fault kind failed over (after recording what there is).
+/// Fails when no trial of a fault kind failed over, with each failed trial's reason.
 fn require_runs(what: &str, trials: &Trials) -> anyhow::Result<()> {
     anyhow::ensure!(
         !trials.runs.is_empty(),
@@ -101,6 +100,7 @@ fn bench_failover_kill9() -> anyhow::Result<()> {
     outage_figures(
         "failover.kill9",
         "kill -9",
+        "device",
         &outages(&trials.runs),
         &note,
         |f, dir| {
@@ -194,22 +194,23 @@ fn bench_failover_keepalived_kill9() -> anyhow::Result<()> {
     for t in 0..kill_trials() {
         let port = 9500 + 2 * u16::try_from(t)?;
         let takeover = vrrp.measure_kill(port, Duration::from_millis(1000))?;
-        let outage = (
+        let outage = [
             timely_outage(&takeover.inbound, TIMELY),
             timely_outage(&takeover.outbound, TIMELY),
-        );
+        ];
         eprintln!(
             "keepalived trial {t}: {} → {}: outage in {} ms, out {} ms",
             takeover.from,
             takeover.to,
-            outage.0.as_millis(),
-            outage.1.as_millis()
+            outage[0].as_millis(),
+            outage[1].as_millis()
         );
         runs.push(outage);
     }
     outage_figures(
         "keepalived.kill9",
         "keepalived (VRRP, advert_int 1) master killed",
+        "client",
         &runs,
         "Debian keepalived, two routers in one sync group sharing a WAN and a LAN VIP, \
          nopreempt, default timers; a trial SIGKILLs the master's keepalived and downs its \
@@ -235,6 +236,7 @@ fn bench_failover_sigstop() -> anyhow::Result<()> {
     outage_figures(
         "failover.sigstop",
         "SIGSTOP",
+        "device",
         &outages(&trials.runs),
         &note,
         |f, _| f,
@@ -255,6 +257,7 @@ fn bench_failover_linkdown() -> anyhow::Result<()> {
     outage_figures(
         "failover.linkdown",
         "LAN link down",
+        "device",
         &outages(&trials.runs),
         &note,
         |f, _| f,

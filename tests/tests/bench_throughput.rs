@@ -37,9 +37,6 @@ const DIRECTIONS: [(&str, &str, bool); 2] = [
     ("down", "LAN host → device", true),
 ];
 
-/// Samples per (protocol/direction, candidate).
-type Samples = BTreeMap<(String, &'static str), Vec<f64>>;
-
 fn seconds() -> f64 {
     if bench::quick() { 1.0 } else { 5.0 }
 }
@@ -79,60 +76,76 @@ fn bench_throughput() -> anyhow::Result<()> {
         },
     ];
     let rounds = bench::repeats(5);
-    let secs = seconds();
-    let mut samples = Samples::new();
+    let mut runs = Runs::default();
     for round in 0..rounds {
         for c in &candidates {
             for (dir, _, reverse) in DIRECTIONS {
-                let mbit = c.server.tcp(c.device, secs, reverse)?;
+                let mbit = c.server.tcp(c.device, seconds(), reverse)?;
                 eprintln!("round {round}: tcp {dir} {}: {mbit:.0} Mbit/s", c.id);
-                samples
-                    .entry((format!("tcp.{dir}"), c.id))
-                    .or_default()
-                    .push(mbit);
+                runs.push(&format!("tcp.{dir}"), c.id, mbit, None);
             }
         }
     }
-    // UDP: per candidate and direction, the highest rate carried with < 1% loss (found
-    // once, in short steps), then that rate offered in every round.
-    let mut rates = BTreeMap::new();
-    for c in &candidates {
-        for (dir, _, reverse) in DIRECTIONS {
-            let rate = c.server.udp_rate(c.device, 1.0, reverse)?;
-            eprintln!("udp {dir} {}: offering {rate:.0} Mbit/s", c.id);
-            rates.insert((dir, c.id), rate);
-        }
-    }
-    let mut losses: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
-    for round in 0..rounds {
-        for c in &candidates {
-            for (dir, _, reverse) in DIRECTIONS {
-                let got = c
-                    .server
-                    .udp(c.device, secs, reverse, Some(rates[&(dir, c.id)]))?;
-                eprintln!(
-                    "round {round}: udp {dir} {}: {:.0} Mbit/s, {:.2}% lost",
-                    c.id, got.mbit, got.loss_percent
-                );
-                samples
-                    .entry((format!("udp.{dir}"), c.id))
-                    .or_default()
-                    .push(got.mbit);
-                losses
-                    .entry((dir, c.id))
-                    .or_default()
-                    .push(got.loss_percent);
-            }
-        }
-    }
-    record(&samples, &losses, &rates)
+    udp(&candidates, rounds, &mut runs)?;
+    record(&runs)
 }
 
-fn record(
-    samples: &Samples,
-    losses: &BTreeMap<(&str, &str), Vec<f64>>,
-    rates: &BTreeMap<(&str, &str), f64>,
-) -> anyhow::Result<()> {
+/// Samples per (`tcp.up`, candidate), with UDP's loss and offered rate per sample.
+#[derive(Default)]
+struct Runs {
+    mbit: BTreeMap<(String, &'static str), Vec<f64>>,
+    udp: BTreeMap<(String, &'static str), Vec<(f64, f64)>>,
+}
+
+impl Runs {
+    fn push(&mut self, key: &str, id: &'static str, mbit: f64, udp: Option<(f64, f64)>) {
+        let key = (key.to_owned(), id);
+        self.mbit.entry(key.clone()).or_default().push(mbit);
+        if let Some(u) = udp {
+            self.udp.entry(key).or_default().push(u);
+        }
+    }
+}
+
+/// UDP: the highest rate each path carries with < 1% loss. A full run searches afresh in
+/// every round (1 s steps), so the search itself is interleaved; `--quick` searches once
+/// and then offers that rate in every round.
+fn udp(candidates: &[Candidate<'_>], rounds: usize, runs: &mut Runs) -> anyhow::Result<()> {
+    let mut once = BTreeMap::new();
+    if bench::quick() {
+        for c in candidates {
+            for (dir, _, reverse) in DIRECTIONS {
+                once.insert((dir, c.id), c.server.udp_rate(c.device, 1.0, reverse)?.0);
+            }
+        }
+    }
+    for round in 0..rounds {
+        for c in candidates {
+            for (dir, _, reverse) in DIRECTIONS {
+                let (offered, got) = match once.get(&(dir, c.id)) {
+                    Some(&rate) => (
+                        rate,
+                        c.server.udp(c.device, seconds(), reverse, Some(rate))?,
+                    ),
+                    None => c.server.udp_rate(c.device, 1.0, reverse)?,
+                };
+                eprintln!(
+                    "round {round}: udp {dir} {}: offered {offered:.0}, got {:.0} Mbit/s, {:.2}% lost",
+                    c.id, got.mbit, got.loss_percent
+                );
+                runs.push(
+                    &format!("udp.{dir}"),
+                    c.id,
+                    got.mbit,
+                    Some((offered, got.loss_percent)),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn record(runs: &Runs) -> anyhow::Result<()> {
     let ids = [
         CEILING,
         Userspace::Boringtun.id(),
@@ -143,6 +156,7 @@ fn record(
         for (dir, label, _) in DIRECTIONS {
             let key = format!("{proto}.{dir}");
             for id in ids {
+                let k = (key.clone(), id);
                 let mut figure = Figure::new(
                     &format!("throughput.{key}.{id}"),
                     ROW,
@@ -150,14 +164,16 @@ fn record(
                     "Mbit/s",
                     Better::Higher,
                 )
-                .samples(samples[&(key.clone(), id)].clone())
+                .samples(runs.mbit[&k].clone())
                 .reproduce(REPRODUCE);
                 let mut note = common_note(proto);
-                if proto == "udp" {
-                    let loss = bench::percentile(&losses[&(dir, id)], 50.0);
+                if let Some(udp) = runs.udp.get(&k) {
+                    let offered: Vec<f64> = udp.iter().map(|u| u.0).collect();
+                    let loss: Vec<f64> = udp.iter().map(|u| u.1).collect();
                     note.push_str(&format!(
-                        "; offered {:.0} Mbit/s, median loss {loss:.2}%",
-                        rates[&(dir, id)]
+                        "; offered median {:.0} Mbit/s, median loss {:.2}%",
+                        bench::percentile(&offered, 50.0),
+                        bench::percentile(&loss, 50.0)
                     ));
                 }
                 if id == MESHGATE {
@@ -172,9 +188,9 @@ fn record(
                 bench::record(&figure.note(&note))?;
             }
             // The fraction of the ceiling, paired per round (the rounds interleave).
-            let fractions = samples[&(key.clone(), MESHGATE)]
+            let fractions = runs.mbit[&(key.clone(), MESHGATE)]
                 .iter()
-                .zip(&samples[&(key.clone(), CEILING)])
+                .zip(&runs.mbit[&(key.clone(), CEILING)])
                 .map(|(m, c)| m / c)
                 .collect();
             bench::record(
@@ -216,13 +232,24 @@ fn who(id: &str) -> &'static str {
 
 fn common_note(proto: &str) -> String {
     let what = if proto == "tcp" {
-        "iperf3, one TCP stream".to_owned()
+        format!("iperf3, one TCP stream, {} s per run", seconds())
+    } else if bench::quick() {
+        format!(
+            "iperf3 UDP, {}-byte payloads; the highest rate carried with < 1% loss, searched \
+             once in 1 s steps, then offered for {} s each round",
+            iperf::UDP_PAYLOAD,
+            seconds()
+        )
     } else {
-        format!("iperf3 UDP, {}-byte payloads", iperf::UDP_PAYLOAD)
+        format!(
+            "iperf3 UDP, {}-byte payloads; the highest rate carried with < 1% loss, searched \
+             afresh each round in 1 s steps (20% steps down from what -b 0 got through, then \
+             two bisections)",
+            iperf::UDP_PAYLOAD
+        )
     };
     format!(
-        "{what}, {} s per run, candidates interleaved round by round; device, gateway and \
-         LAN host namespaces on the same machine, sharing its cores with the tunnels",
-        seconds()
+        "{what}; candidates interleaved round by round; device, gateway and LAN host \
+         namespaces on one machine, sharing its 2 cores with the tunnels"
     )
 }

@@ -126,10 +126,16 @@ impl Server {
 
     /// The highest offered UDP rate whose loss stays under [`UDP_MAX_LOSS_PERCENT`], and
     /// what that run delivered: from what `-b 0` got through, down in steps of 20% until
-    /// one is carried, then two halvings of the interval between the last lost and the
-    /// first carried rate (so the answer is within 5% of the highest carried rate).
-    /// Without any carried rate, the last one tried.
-    pub fn udp_rate(&self, client: &Netns, secs: f64, reverse: bool) -> anyhow::Result<(f64, Udp)> {
+    /// one is carried, then `bisections` halvings of the interval between the last lost
+    /// and the first carried rate (two put the answer within 5% of the highest carried
+    /// rate). Without any carried rate, the last one tried.
+    pub fn udp_rate(
+        &self,
+        client: &Netns,
+        secs: f64,
+        reverse: bool,
+        bisections: usize,
+    ) -> anyhow::Result<(f64, Udp)> {
         let flat_out = self.udp(client, secs, reverse, None)?;
         if flat_out.loss_percent < UDP_MAX_LOSS_PERCENT {
             return Ok((flat_out.mbit, flat_out));
@@ -148,7 +154,7 @@ impl Server {
         let Some(mut ok) = ok else {
             return Ok(lost);
         };
-        for _ in 0..2 {
+        for _ in 0..bisections {
             let mid = (ok.0 + lost.0) / 2.0;
             let got = self.udp(client, secs, reverse, Some(mid))?;
             if got.loss_percent < UDP_MAX_LOSS_PERCENT {

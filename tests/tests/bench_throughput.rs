@@ -108,14 +108,14 @@ impl Runs {
 }
 
 /// UDP: the highest rate each path carries with < 1% loss. A full run searches afresh in
-/// every round (1 s steps), so the search itself is interleaved; `--quick` searches once
-/// and then offers that rate in every round.
+/// every round (1 s steps, two bisections), so the search itself is interleaved; `--quick`
+/// searches once, in 20% steps only, and then offers that rate in every round.
 fn udp(candidates: &[Candidate<'_>], rounds: usize, runs: &mut Runs) -> anyhow::Result<()> {
     let mut once = BTreeMap::new();
     if bench::quick() {
         for c in candidates {
             for (dir, _, reverse) in DIRECTIONS {
-                once.insert((dir, c.id), c.server.udp_rate(c.device, 1.0, reverse)?.0);
+                once.insert((dir, c.id), c.server.udp_rate(c.device, 1.0, reverse, 0)?.0);
             }
         }
     }
@@ -127,7 +127,7 @@ fn udp(candidates: &[Candidate<'_>], rounds: usize, runs: &mut Runs) -> anyhow::
                         rate,
                         c.server.udp(c.device, seconds(), reverse, Some(rate))?,
                     ),
-                    None => c.server.udp_rate(c.device, 1.0, reverse)?,
+                    None => c.server.udp_rate(c.device, 1.0, reverse, 2)?,
                 };
                 eprintln!(
                     "round {round}: udp {dir} {}: offered {offered:.0}, got {:.0} Mbit/s, {:.2}% lost",
@@ -236,7 +236,7 @@ fn common_note(proto: &str) -> String {
     } else if bench::quick() {
         format!(
             "iperf3 UDP, {}-byte payloads; the highest rate carried with < 1% loss, searched \
-             once in 1 s steps, then offered for {} s each round",
+             once in 1 s steps of 20% (--quick), then offered for {} s each round",
             iperf::UDP_PAYLOAD,
             seconds()
         )

@@ -80,20 +80,57 @@ pub fn announcement(mac: [u8; 6], ip: Ipv4Addr) -> [u8; MIN_FRAME] {
 /// Sends `config.count` announcements of `ip` out of `iface`, `config.interval` apart.
 /// Returns the number sent.
 pub async fn announce(iface: &str, ip: Ipv4Addr, config: GarpConfig) -> io::Result<u32> {
-    let mac = interface_mac(iface)?;
-    let index = index_of(iface)?;
-    let sock = packet_socket()?;
-    let frame = announcement(mac, ip);
-    let count = config.count.max(1);
-    for n in 0..count {
-        if n > 0 {
-            tokio::time::sleep(config.interval).await;
-        }
-        send(&sock, index, &frame)?;
-        debug!(%iface, %ip, n, "gratuitous ARP sent");
+    let sender = Announcer::new(iface, ip)?;
+    sender.send()?;
+    sender.repeat(config).await
+}
+
+/// An announcement ready to go: socket, interface and frame prepared, so each frame is one
+/// `sendto`. A flip sends the first frame inside the flip (timed as its own step) and moves
+/// the announcer into a task for the repeats, which also keeps closing the packet socket
+/// (an RCU grace period, milliseconds) out of the flip.
+pub struct Announcer {
+    sock: OwnedFd,
+    index: u32,
+    frame: [u8; MIN_FRAME],
+    iface: String,
+    ip: Ipv4Addr,
+    mac: [u8; 6],
+}
+
+impl Announcer {
+    /// Prepares announcements of `ip` at `iface`'s MAC.
+    pub fn new(iface: &str, ip: Ipv4Addr) -> io::Result<Self> {
+        let mac = interface_mac(iface)?;
+        Ok(Self {
+            sock: packet_socket()?,
+            index: index_of(iface)?,
+            frame: announcement(mac, ip),
+            iface: iface.to_owned(),
+            ip,
+            mac,
+        })
     }
-    info!(%iface, %ip, mac = %fmt_mac(mac), count, "VIP announced by gratuitous ARP");
-    Ok(count)
+
+    /// Sends one frame now.
+    pub fn send(&self) -> io::Result<()> {
+        send(&self.sock, self.index, &self.frame)?;
+        debug!(iface = %self.iface, ip = %self.ip, "gratuitous ARP sent");
+        Ok(())
+    }
+
+    /// After one frame went out: the remaining `config.count - 1`, `config.interval`
+    /// apart. Returns the number sent in all.
+    pub async fn repeat(self, config: GarpConfig) -> io::Result<u32> {
+        let count = config.count.max(1);
+        for _ in 1..count {
+            tokio::time::sleep(config.interval).await;
+            self.send()?;
+        }
+        info!(iface = %self.iface, ip = %self.ip, mac = %fmt_mac(self.mac), count,
+            "VIP announced by gratuitous ARP");
+        Ok(count)
+    }
 }
 
 /// A send-only AF_PACKET socket: protocol 0 means the kernel delivers it no frames.

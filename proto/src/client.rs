@@ -170,7 +170,8 @@ impl Session {
                 } else {
                     ([0u16; 8], 0).into()
                 };
-                quinn::Endpoint::client(local).map_err(|e| ClientError::Setup(e.to_string()))?
+                crate::socket::client_endpoint(local)
+                    .map_err(|e| ClientError::Setup(e.to_string()))?
             }
         };
         let conn = endpoint

@@ -45,6 +45,8 @@ pub mod client;
 #[cfg(feature = "client")]
 pub mod pin;
 #[cfg(feature = "client")]
+pub mod socket;
+#[cfg(feature = "client")]
 pub mod stream;
 
 pub use id::Id;

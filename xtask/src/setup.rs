@@ -44,11 +44,7 @@ pub fn run() -> anyhow::Result<()> {
 /// run, and the namespace tests skip themselves anyway.
 fn debian_packages() -> anyhow::Result<()> {
     cmd::step("Debian packages");
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(_, program)| !has_program(program))
-        .map(|(package, _)| *package)
-        .collect();
+    let missing = missing_packages(PACKAGES);
     if missing.is_empty() {
         eprintln!("    all present");
         return Ok(());
@@ -60,10 +56,24 @@ fn debian_packages() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    apt_install(&missing)
+}
+
+/// The packages of `(package, program)` whose program is not installed.
+pub fn missing_packages<'a>(packages: &[(&'a str, &str)]) -> Vec<&'a str> {
+    packages
+        .iter()
+        .filter(|(_, program)| !has_program(program))
+        .map(|(package, _)| *package)
+        .collect()
+}
+
+/// Installs Debian `packages` with apt-get (root only).
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     if !has_program("apt-get") {
         bail!(
             "missing Debian packages {} and no apt-get: install them by hand",
-            missing.join(" ")
+            packages.join(" ")
         );
     }
     cmd::run(Command::new("apt-get").args(["update", "-qq"]))
@@ -72,17 +82,18 @@ fn debian_packages() -> anyhow::Result<()> {
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing),
+            .args(packages),
     )
     .with_context(|| {
         format!(
             "failed to install {}: see apt-get's output above",
-            missing.join(" ")
+            packages.join(" ")
         )
     })
 }
 
-fn has_program(program: &str) -> bool {
+/// Whether `program` is on `PATH` (or in the sbin directories a non-root `PATH` lacks).
+pub fn has_program(program: &str) -> bool {
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .any(|dir| dir.join(program).is_file())
@@ -133,7 +144,7 @@ fn nightly_rust_src() -> anyhow::Result<()> {
 }
 
 /// Where setup keeps its builds: they outlive clones of the repository.
-fn cache_dir() -> PathBuf {
+pub fn cache_dir() -> PathBuf {
     std::env::var_os("MESHGATE_CACHE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

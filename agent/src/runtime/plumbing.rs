@@ -250,6 +250,11 @@ impl Plumbing {
             if let Some(name) = name {
                 steps.push((name, micros(step.elapsed())));
             }
+            if matches!(action, Action::AcquireVip) && self.vip_held {
+                let step = Instant::now();
+                self.announce_vip();
+                steps.push(("garp".into(), micros(step.elapsed())));
+            }
         }
         let flipped = actions.iter().any(|a| {
             matches!(
@@ -351,15 +356,6 @@ impl Plumbing {
                     .await
                     .context("failed to add the VIP")?;
                 self.vip_held = true;
-                // Announce in the background: the frames are spaced over a few hundred ms
-                // and the flip must not wait for them.
-                tokio::spawn(async move {
-                    if let Err(e) =
-                        garp::announce(&iface, vip.addr(), garp::GarpConfig::default()).await
-                    {
-                        warn!(error = %e, iface = %iface, "gratuitous ARP failed");
-                    }
-                });
                 "vip-acquire".into()
             }
             Action::ReleaseVip => {
@@ -375,6 +371,30 @@ impl Plumbing {
             }
             Action::RequestHandover(_) => return Ok(None),
         }))
+    }
+
+    /// Announces the VIP by gratuitous ARP: the first frame now (a step of the flip, so
+    /// its time is measured), the repeats in the background, spaced over a few hundred ms
+    /// that the flip must not wait for.
+    fn announce_vip(&self) {
+        let Some((iface, vip)) = self.vip() else {
+            return;
+        };
+        let sender = match garp::Announcer::new(&iface, vip.addr()) {
+            Ok(sender) => sender,
+            Err(e) => {
+                warn!(error = %e, iface = %iface, "gratuitous ARP failed");
+                return;
+            }
+        };
+        if let Err(e) = sender.send() {
+            warn!(error = %e, iface = %iface, "gratuitous ARP failed");
+        }
+        tokio::spawn(async move {
+            if let Err(e) = sender.repeat(garp::GarpConfig::default()).await {
+                warn!(error = %e, iface = %iface, "gratuitous ARP failed");
+            }
+        });
     }
 
     fn vip(&self) -> Option<(String, Ipv4Net)> {

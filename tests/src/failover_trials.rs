@@ -26,7 +26,15 @@ pub struct Trials {
 }
 
 impl Trials {
-    /// `"k of n trials failed: …"` for a figure's note, or empty.
+    /// `note`, followed by `k of n trials did not fail over: …` when some did not.
+    pub fn note(&self, note: &str) -> String {
+        if self.failures.is_empty() {
+            return note.to_owned();
+        }
+        format!("{note}; {}", self.failure_note())
+    }
+
+    /// `"k of n trials did not fail over: …"`, or empty.
     pub fn failure_note(&self) -> String {
         if self.failures.is_empty() {
             return String::new();

@@ -17,7 +17,7 @@ use meshgate_tests::{
 
 const ROW: u8 = 1;
 const REPRODUCE: &str = "cargo xtask bench (or, as root after a release build: \
-    MESHGATE_BIN_DIR=target/release cargo test --release -p meshgate-tests \
+    MESHGATE_BIN_DIR=$PWD/target/release cargo test --release -p meshgate-tests \
     --test bench_failover -- --ignored bench_ --test-threads=1 --nocapture)";
 /// issue 7's bound for a `kill -9` (on the p99; the report's target column checks medians).
 const KILL_TARGET_MS: f64 = 300.0;
@@ -91,12 +91,11 @@ fn bench_failover_kill9() -> anyhow::Result<()> {
     let mut ha = Ha::started(2)?;
     let trials = ha.trials(Fault::Kill, kill_trials(), 9300)?;
     require_runs("kill -9", &trials)?;
-    let note = format!(
+    let note = trials.note(&format!(
         "per-trial longest gap in 500/s numbered UDP probes (a datagram over 100 ms late \
-         counts as lost); issue 7's target is p99 ≤ \
-         {KILL_TARGET_MS} ms (the report's p99 column); replicas alternate; {}",
-        trials.failure_note()
-    );
+         counts as lost); issue 7's target is p99 ≤ {KILL_TARGET_MS} ms (the report's p99 \
+         column); replicas alternate"
+    ));
     outage_figures(
         "failover.kill9",
         "kill -9",
@@ -227,12 +226,11 @@ fn bench_failover_sigstop() -> anyhow::Result<()> {
     let mut ha = Ha::started(2)?;
     let trials = ha.trials(Fault::Freeze(FREEZE), other_trials(), 9700)?;
     require_runs("SIGSTOP", &trials)?;
-    let note = format!(
+    let note = trials.note(&format!(
         "the active agent SIGSTOPped for {} ms (past the 250 ms lease), then SIGCONT; \
-         datagrams it held and let go on waking count as lost (over 100 ms late); {}",
-        FREEZE.as_millis(),
-        trials.failure_note()
-    );
+         datagrams it held and let go on waking count as lost (over 100 ms late)",
+        FREEZE.as_millis()
+    ));
     outage_figures(
         "failover.sigstop",
         "SIGSTOP",
@@ -250,10 +248,8 @@ fn bench_failover_linkdown() -> anyhow::Result<()> {
     let mut ha = Ha::started(2)?;
     let trials = ha.trials(Fault::LinkDown, other_trials(), 9800)?;
     require_runs("link-down", &trials)?;
-    let note = format!(
-        "the active's LAN link set down (a requested handover), up again between trials; {}",
-        trials.failure_note()
-    );
+    let note = trials
+        .note("the active's LAN link set down (a requested handover), up again between trials");
     outage_figures(
         "failover.linkdown",
         "LAN link down",
@@ -287,10 +283,9 @@ fn bench_failover_drain() -> anyhow::Result<()> {
         .samples(lost)
         .target("<=", 0.0)
         .reproduce(REPRODUCE)
-        .note(&format!(
+        .note(&trials.note(
             "numbered UDP probes at 500/s each way, lost = sent − received over both \
-             directions; {}",
-            trials.failure_note()
+             directions",
         )),
     )
 }

@@ -171,7 +171,7 @@ fn record(runs: &Runs) -> anyhow::Result<()> {
                     let offered: Vec<f64> = udp.iter().map(|u| u.0).collect();
                     let loss: Vec<f64> = udp.iter().map(|u| u.1).collect();
                     note.push_str(&format!(
-                        "; offered median {:.0} Mbit/s, median loss {:.2}%",
+                        "; offered {:.0} Mbit/s, loss {:.2}% (medians)",
                         bench::percentile(&offered, 50.0),
                         bench::percentile(&loss, 50.0)
                     ));
@@ -232,24 +232,20 @@ fn who(id: &str) -> &'static str {
 
 fn common_note(proto: &str) -> String {
     let what = if proto == "tcp" {
-        format!("iperf3, one TCP stream, {} s per run", seconds())
+        format!("iperf3, one TCP stream, {} s runs", seconds())
     } else if bench::quick() {
         format!(
-            "iperf3 UDP, {}-byte payloads; the highest rate carried with < 1% loss, searched \
-             once in 1 s steps of 20% (--quick), then offered for {} s each round",
+            "iperf3 UDP, {}-byte payloads, the highest rate with < 1% loss (searched once in \
+             20% steps, then offered {} s per round)",
             iperf::UDP_PAYLOAD,
             seconds()
         )
     } else {
         format!(
-            "iperf3 UDP, {}-byte payloads; the highest rate carried with < 1% loss, searched \
-             afresh each round in 1 s steps (20% steps down from what -b 0 got through, then \
-             two bisections)",
+            "iperf3 UDP, {}-byte payloads, the highest rate with < 1% loss (searched each \
+             round: 20% steps down from -b 0, two bisections, 1 s runs)",
             iperf::UDP_PAYLOAD
         )
     };
-    format!(
-        "{what}; candidates interleaved round by round; device, gateway and LAN host \
-         namespaces on one machine, sharing its 2 cores with the tunnels"
-    )
+    format!("{what}; candidates interleaved by round; 2 shared cores")
 }

@@ -223,21 +223,16 @@ fn bench_failover_keepalived_kill9() -> anyhow::Result<()> {
 #[ignore = "benchmark, needs root: run by cargo xtask bench"]
 fn bench_failover_sigstop() -> anyhow::Result<()> {
     require_root()?;
-    let mut ha = Ha::started(2)?;
-    let trials = ha.trials(Fault::Freeze(FREEZE), other_trials(), 9700)?;
-    require_runs("SIGSTOP", &trials)?;
-    let note = trials.note(&format!(
+    let note = format!(
         "the active agent SIGSTOPped for {} ms (past the 250 ms lease), then SIGCONT; \
          datagrams it held and let go on waking count as lost (over 100 ms late)",
         FREEZE.as_millis()
-    ));
-    outage_figures(
-        "failover.sigstop",
-        "SIGSTOP",
-        "device",
-        &outages(&trials.runs),
+    );
+    fault_outages(
+        Fault::Freeze(FREEZE),
+        9700,
+        ("failover.sigstop", "SIGSTOP"),
         &note,
-        |f, _| f,
     )
 }
 
@@ -245,19 +240,26 @@ fn bench_failover_sigstop() -> anyhow::Result<()> {
 #[ignore = "benchmark, needs root: run by cargo xtask bench"]
 fn bench_failover_linkdown() -> anyhow::Result<()> {
     require_root()?;
-    let mut ha = Ha::started(2)?;
-    let trials = ha.trials(Fault::LinkDown, other_trials(), 9800)?;
-    require_runs("link-down", &trials)?;
-    let note = trials
-        .note("the active's LAN link set down (a requested handover), up again between trials");
-    outage_figures(
-        "failover.linkdown",
-        "LAN link down",
-        "device",
-        &outages(&trials.runs),
-        &note,
-        |f, _| f,
+    fault_outages(
+        Fault::LinkDown,
+        9800,
+        ("failover.linkdown", "LAN link down"),
+        "the active's LAN link set down (a requested handover), up again between trials",
     )
+}
+
+/// Repeats `fault` on a fresh two-replica node and records its outage both ways.
+fn fault_outages(
+    fault: Fault,
+    port: u16,
+    (id, what): (&str, &str),
+    note: &str,
+) -> anyhow::Result<()> {
+    let mut ha = Ha::started(2)?;
+    let trials = ha.trials(fault, other_trials(), port)?;
+    require_runs(what, &trials)?;
+    let note = trials.note(note);
+    outage_figures(id, what, "device", &outages(&trials.runs), &note, |f, _| f)
 }
 
 #[test]

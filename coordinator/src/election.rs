@@ -60,114 +60,12 @@
 //! the end of an overlap), so the outcome does not depend on how often the driver ticks.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use meshgate_proto::{LanInfo, Role};
 
-/// Identifies one connection of one replica (a reconnect is a new `ConnId`).
-pub type ConnId = u64;
-
-/// Something that happened to the node's replicas.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// A replica registered on connection `conn`.
-    Connected {
-        /// The connection.
-        conn: ConnId,
-        /// Its LAN identity, for standbys to hairpin to.
-        lan: Option<LanInfo>,
-    },
-    /// A heartbeat arrived.
-    Heartbeat {
-        /// From.
-        conn: ConnId,
-        /// Its sequence number, echoed in the grant.
-        seq: u64,
-    },
-    /// The connection ended.
-    Disconnected {
-        /// Which.
-        conn: ConnId,
-    },
-    /// The replica asked to hand its active role over (drain or link down).
-    HandoverRequested {
-        /// Which.
-        conn: ConnId,
-    },
-    /// Time passed.
-    Tick,
-}
-
-/// A control message the driver must send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Out {
-    /// Lease renewed until `valid_for` after the heartbeat's receipt.
-    LeaseGrant {
-        /// Epoch.
-        epoch: u64,
-        /// Lease length.
-        valid_for: Duration,
-        /// Echoed heartbeat.
-        seq: u64,
-    },
-    /// The receiver's role changed, or the node's active did.
-    RoleChange {
-        /// Receiver's role.
-        role: Role,
-        /// Node epoch.
-        epoch: u64,
-        /// Active's LAN identity.
-        active: Option<LanInfo>,
-    },
-    /// The receiver's handover request completed.
-    HandoverDone {
-        /// New epoch.
-        epoch: u64,
-    },
-}
-
-/// What the driver must do, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Persist the epoch before any message carrying it leaves.
-    PersistEpoch(u64),
-    /// Send a control message.
-    Send {
-        /// To.
-        conn: ConnId,
-        /// What.
-        msg: Out,
-    },
-    /// A replica became active (metrics, logs). `after_expiry` is the time from the old
-    /// lease's expiry to this promotion, when there was an old lease (`None` for a
-    /// requested handover, which promotes while the old lease is still valid).
-    Promoted {
-        /// Who.
-        conn: ConnId,
-        /// New epoch.
-        epoch: u64,
-        /// Lease expiry → promotion.
-        after_expiry: Option<Duration>,
-    },
-    /// The active's lease expired.
-    LeaseExpired {
-        /// Whose.
-        conn: ConnId,
-        /// Epoch.
-        epoch: u64,
-    },
-}
-
-/// Election timings.
-#[derive(Debug, Clone, Copy)]
-pub struct Config {
-    /// Lease length (from heartbeat receipt); also the window in which a standby's last
-    /// heartbeat must fall to count as healthy.
-    pub lease: Duration,
-    /// How long a replica that asked for handover keeps forwarding after its successor's
-    /// promotion, before it is fenced.
-    pub overlap: Duration,
-}
+mod types;
+pub use types::{Action, Config, ConnId, Event, Out, Permit};
 
 #[derive(Debug, Clone)]
 struct Replica {
@@ -207,6 +105,11 @@ pub struct Election {
     wants_handover: bool,
     /// The previous holder, during a requested handover's overlap.
     draining: Option<Drain>,
+    /// The highest epoch known to exist (reported by an agent); the next promotion
+    /// moves past it even if this coordinator never stored it.
+    floor: u64,
+    /// What the driver allows (see [`Permit`]).
+    permit: Permit,
 }
 
 impl Election {
@@ -220,7 +123,28 @@ impl Election {
             expiry: None,
             wants_handover: false,
             draining: None,
+            floor: epoch,
+            permit: Permit::default(),
         }
+    }
+
+    /// Sets what this coordinator may do from now on (see [`Permit`]).
+    pub fn set_permit(&mut self, permit: Permit) {
+        self.permit = permit;
+    }
+
+    /// The current epoch reached the disk and the promotion's messages left only now: a
+    /// handover's overlap counts from here, so the successor hears of its promotion a
+    /// full overlap before the draining replica is fenced, however slow the write.
+    pub fn announced(&mut self, now: Instant) {
+        if let Some(d) = self.draining.as_mut().filter(|d| !d.fenced) {
+            d.fence_at = d.fence_at.max(now + self.cfg.overlap);
+        }
+    }
+
+    /// An epoch seen elsewhere (an agent's Hello): the next promotion moves past it.
+    pub fn observe_epoch(&mut self, epoch: u64) {
+        self.floor = self.floor.max(epoch);
     }
 
     /// Apply `event` at `now`.
@@ -246,7 +170,11 @@ impl Election {
                 };
                 r.last_heartbeat = now;
                 r.last_seq = Some(seq);
-                let lease = self.cfg.lease;
+                // Without a permit to renew, the lease runs out as if the heartbeat
+                // was lost.
+                let Some(lease) = self.permit.grant_len(now, self.cfg.lease) else {
+                    return out;
+                };
                 let epoch = if self.holder == Some(conn) && r.role == Role::Active {
                     self.expiry = Some(now + lease);
                     Some(self.epoch)
@@ -329,9 +257,16 @@ impl Election {
                 r.role = if asked { Role::Fenced } else { Role::Standby };
             }
         }
+        let may_promote = self.permit.may_promote(now);
         if self.lease_valid(now) {
-            if self.wants_handover && self.draining.is_none() {
+            if may_promote && self.wants_handover && self.draining.is_none() {
                 self.hand_over(now, out);
+            }
+            return;
+        }
+        if !may_promote {
+            if let Some(conn) = expired_at.and(self.last_holder_conn(out)) {
+                self.notify_one(conn, out);
             }
             return;
         }
@@ -364,7 +299,10 @@ impl Election {
         let connected = self.replicas.contains_key(&d.conn);
         let lapsed = now >= d.expiry;
         if d.fenced {
-            if lapsed || !connected {
+            // Until its lease lapses, even once gone: the fence may never have reached it
+            // (it left, or its connection broke), and no further handover may add a
+            // third forwarder meanwhile.
+            if lapsed {
                 self.draining = None;
                 if connected {
                     out.push(Action::Send {
@@ -444,9 +382,14 @@ impl Election {
         expired_at: Option<Instant>,
         out: &mut Vec<Action>,
     ) {
-        self.epoch += 1;
+        // A promotion without a permit to renew would hand out a lease it cannot keep.
+        let lease = self
+            .permit
+            .grant_len(now, self.cfg.lease)
+            .unwrap_or_default();
+        self.epoch = self.epoch.max(self.floor) + 1;
         self.holder = Some(winner);
-        self.expiry = Some(now + self.cfg.lease);
+        self.expiry = Some(now + lease);
         self.wants_handover = false;
         if let Some(r) = self.replicas.get_mut(&winner) {
             r.role = Role::Active;
@@ -475,7 +418,7 @@ impl Election {
                 // still precedes our expiry — and it forwards without waiting a beat.
                 let msg = Out::LeaseGrant {
                     epoch: self.epoch,
-                    valid_for: self.cfg.lease,
+                    valid_for: lease,
                     seq,
                 };
                 out.push(Action::Send { conn, msg });

@@ -1,6 +1,7 @@
 //! Unit and property tests of the election state machine.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use proptest::prelude::*;
 

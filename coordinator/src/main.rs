@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
 use meshgate_coordinator::api::{self, Api};
-use meshgate_coordinator::hub::Hub;
+use meshgate_coordinator::hub::{self, Hub};
 use meshgate_coordinator::ipam::Ipam;
 use meshgate_coordinator::registry::Registry;
 use meshgate_coordinator::store::redb::RedbStore;
@@ -102,13 +102,21 @@ async fn serve(a: Serve) -> Result<()> {
     let overlap = a
         .handover_overlap_ms
         .unwrap_or(a.heartbeat_ms.saturating_mul(3));
-    let hub = Arc::new(Hub::new(
+    let lease = Duration::from_millis(a.lease_ms.into());
+    let hold = hub::tasks::restart_hold(&registry, lease)
+        .context("failed to record the lease length in the store")?;
+    let (hub, epoch_writes) = Hub::new(
         registry,
         timings,
         Duration::from_millis(overlap.into()),
+        hold,
         ipam.cidr(),
         a.name.clone(),
-    ));
+    );
+    let hub = Arc::new(hub);
+    hub::tasks::spawn(hub.clone(), epoch_writes, lease, hold)
+        .await
+        .context("failed to start the coordinator's tasks")?;
 
     let endpoint = quic::endpoint(&id, a.quic_listen)?;
     let quic_addr = endpoint.local_addr().context("QUIC local address")?;
@@ -136,15 +144,6 @@ async fn serve(a: Serve) -> Result<()> {
     });
     api_state.quic_ready.store(true, Relaxed);
 
-    let ticker = hub.clone();
-    tokio::spawn(async move {
-        // Promotion happens at most one tick after a lease expires.
-        let mut t = tokio::time::interval(Duration::from_millis(10));
-        loop {
-            t.tick().await;
-            ticker.tick();
-        }
-    });
     tokio::spawn(quic::serve(endpoint, hub.clone()));
 
     tracing::info!(quic = %quic_addr, api = %api_addr, data_dir = %a.data_dir.display(), mesh = %ipam.cidr(), heartbeat_ms = a.heartbeat_ms, lease_ms = a.lease_ms, handover_overlap_ms = overlap, "coordinator started");

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use meshgate_proto::stream::{read_frame, write_frame};
 use meshgate_proto::{AgentMsg, CoordMsg, RefuseCode};
 
-use crate::election::Event;
+use crate::core::Input;
 use crate::hub::Hub;
 use crate::identity::Identity;
 
@@ -190,7 +190,7 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>) -> Result<()> {
             .await
             .context("registration panicked")?
     };
-    let (conn_id, mut ctl_rx) = match registered {
+    let (conn_id, ctl_rx) = match registered {
         Ok(x) => x,
         Err((code, reason)) => {
             refuse(&conn, &mut send, code, &reason).await;
@@ -201,15 +201,7 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>) -> Result<()> {
     // send as soon as it has it. A session replaced meanwhile never appears: its
     // queued Refused goes out after the timeout.
     let _ = tokio::time::timeout(RELAY_WAIT, hub.relay_ready(conn_id)).await;
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = ctl_rx.recv().await {
-            let refused = matches!(msg, CoordMsg::Refused { .. });
-            if write_frame(&mut send, &msg).await.is_err() || refused {
-                break;
-            }
-        }
-        let _ = send.finish();
-    });
+    let writer = tokio::spawn(write_loop(send, ctl_rx, hub.routes()));
     let dconn = conn.clone();
     let dhub = hub.clone();
     let datagrams = tokio::spawn(async move {
@@ -226,18 +218,71 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>) -> Result<()> {
     result
 }
 
+/// Writes a session's control messages: the Welcome (or a refusal) first, then the
+/// route table, then whatever comes — the latest route table whenever it changes.
+async fn write_loop(
+    mut send: quinn::SendStream,
+    mut ctl: tokio::sync::mpsc::Receiver<CoordMsg>,
+    mut routes: tokio::sync::watch::Receiver<Arc<meshgate_proto::RouteTable>>,
+) {
+    let mut welcomed = false;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            msg = ctl.recv() => match msg {
+                Some(m) => m,
+                None => break,
+            },
+            changed = routes.changed(), if welcomed => {
+                if changed.is_err() {
+                    break;
+                }
+                let table = routes.borrow_and_update().clone();
+                if write_routes(&mut send, &table).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let refused = matches!(msg, CoordMsg::Refused { .. });
+        let welcome = matches!(msg, CoordMsg::Welcome(_));
+        if write_frame(&mut send, &msg).await.is_err() || refused {
+            break;
+        }
+        if welcome && !welcomed {
+            welcomed = true;
+            let table = routes.borrow_and_update().clone();
+            if write_routes(&mut send, &table).await.is_err() {
+                break;
+            }
+        }
+    }
+    let _ = send.finish();
+}
+
+async fn write_routes(
+    send: &mut quinn::SendStream,
+    table: &meshgate_proto::RouteTable,
+) -> Result<(), meshgate_proto::stream::StreamError> {
+    for part in table.parts() {
+        write_frame(send, &CoordMsg::Routes(part)).await?;
+    }
+    Ok(())
+}
+
 async fn control_loop(hub: &Hub, conn_id: u64, recv: &mut quinn::RecvStream) -> Result<()> {
     loop {
         let msg = read_frame::<AgentMsg>(recv)
             .await
             .context("control stream")?;
         match msg {
-            Some(AgentMsg::Heartbeat { seq }) => {
-                hub.event(conn_id, |conn| Event::Heartbeat { conn, seq })
-            }
+            Some(AgentMsg::Heartbeat { seq }) => hub.input(Input::Heartbeat {
+                session: conn_id,
+                seq,
+            }),
             Some(AgentMsg::RequestHandover { reason }) => {
                 tracing::info!(conn = conn_id, ?reason, "handover requested");
-                hub.event(conn_id, |conn| Event::HandoverRequested { conn });
+                hub.input(Input::HandoverRequested { session: conn_id });
             }
             Some(AgentMsg::Goodbye) | None => return Ok(()),
             Some(AgentMsg::Hello(_)) => anyhow::bail!("second Hello on one connection"),

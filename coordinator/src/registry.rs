@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::ipam::{Ipam, IpamError};
-use crate::routes::{self, RouteError};
+use crate::routes::RouteError;
 use crate::store::{Compare, Op, Store, StoreError};
 
 /// A node.
@@ -105,7 +105,14 @@ pub enum RegistryError {
     /// Store failure.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A documented limit would be exceeded.
+    #[error("{0}")]
+    Limit(String),
 }
+
+/// Replicas (persistent replica ids, each with a Mesh IP) a node may have. A node token
+/// cannot allocate addresses beyond this; the check comes before any allocation.
+pub const MAX_REPLICAS_PER_NODE: usize = 16;
 
 /// Why a token was refused at registration.
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +140,7 @@ pub enum Participant {
     Device(DeviceRecord),
 }
 
-type R<T> = Result<T, RegistryError>;
+pub(crate) type R<T> = Result<T, RegistryError>;
 
 /// The durable model.
 pub struct Registry {
@@ -141,6 +148,8 @@ pub struct Registry {
     ipam: Ipam,
     token_key: [u8; 32],
     write: Mutex<()>,
+    /// Every route as of a store revision, so adding one does not re-read them all.
+    routes: Mutex<Option<(u64, Vec<RouteRecord>)>>,
 }
 
 fn now_rfc3339() -> String {
@@ -176,7 +185,19 @@ impl Registry {
             ipam,
             token_key,
             write: Mutex::new(()),
+            routes: Mutex::new(None),
         }
+    }
+
+    /// The mesh range.
+    pub fn mesh(&self) -> Ipv4Net {
+        self.ipam.cidr()
+    }
+
+    /// Whether a node or device with this id exists.
+    pub fn exists(&self, id: Id) -> R<bool> {
+        Ok(self.store.get(&format!("nodes/{id}"))?.is_some()
+            || self.store.get(&format!("devices/{id}"))?.is_some())
     }
 
     /// The underlying store.
@@ -357,6 +378,11 @@ impl Registry {
         }
         let _g = self.lock();
         self.node(node)?; // deleted meanwhile?
+        if self.replicas(node)?.len() >= MAX_REPLICAS_PER_NODE {
+            return Err(RegistryError::Limit(format!(
+                "node {node} already has {MAX_REPLICAS_PER_NODE} replicas (the limit)"
+            )));
+        }
         let (ip, mut ops) = self.allocate(&format!("replica/{node}/{replica_id}"))?;
         let rec = ReplicaRecord {
             node_id: node,
@@ -376,92 +402,6 @@ impl Registry {
     /// Known replicas of a node.
     pub fn replicas(&self, node: Id) -> R<Vec<ReplicaRecord>> {
         self.list(&format!("replicas/{node}/"))
-    }
-
-    fn bump_routes_version(&self) -> R<Vec<Op>> {
-        let v = self.routes_version()? + 1;
-        Ok(vec![Op::put("meta/routes_version", json(&v))])
-    }
-
-    /// Version of the route table; grows on every change.
-    pub fn routes_version(&self) -> R<u64> {
-        Ok(self.get("meta/routes_version")?.unwrap_or(0))
-    }
-
-    /// Advertise `network` through `node`.
-    pub fn add_route(&self, node: Id, network: &str, comment: &str) -> R<RouteRecord> {
-        let net = routes::parse(network)?;
-        let _g = self.lock();
-        self.node(node)?;
-        let nodes = self.list_nodes()?;
-        let all = self.all_routes()?;
-        let existing: Vec<routes::Existing<'_>> = all
-            .iter()
-            .map(|r| routes::Existing {
-                net: r.network,
-                node: r.node_id,
-                node_name: nodes
-                    .iter()
-                    .find(|n| n.id == r.node_id)
-                    .map_or("?", |n| &n.name),
-            })
-            .collect();
-        routes::validate(net, node, self.ipam.cidr(), &existing)?;
-        let rec = RouteRecord {
-            id: Id::random(),
-            node_id: node,
-            network: net,
-            comment: comment.to_owned(),
-            created_at: now_rfc3339(),
-        };
-        let mut ops = vec![Op::put(format!("routes/{node}/{}", rec.id), json(&rec))];
-        ops.extend(self.bump_routes_version()?);
-        self.store.txn(&[], &ops)?;
-        Ok(rec)
-    }
-
-    /// Routes of one node.
-    pub fn routes_of(&self, node: Id) -> R<Vec<RouteRecord>> {
-        self.node(node)?;
-        self.list(&format!("routes/{node}/"))
-    }
-
-    /// Every route.
-    pub fn all_routes(&self) -> R<Vec<RouteRecord>> {
-        self.list("routes/")
-    }
-
-    /// Withdraw a route.
-    pub fn delete_route(&self, node: Id, route: Id) -> R<RouteRecord> {
-        let _g = self.lock();
-        self.node(node)?;
-        let key = format!("routes/{node}/{route}");
-        let rec: RouteRecord = self
-            .get(&key)?
-            .ok_or_else(|| RegistryError::NotFound(format!("route {route}")))?;
-        let mut ops = vec![Op::Delete(key)];
-        ops.extend(self.bump_routes_version()?);
-        self.store.txn(&[], &ops)?;
-        Ok(rec)
-    }
-
-    /// The last persisted epoch of a node.
-    pub fn epoch(&self, node: Id) -> R<u64> {
-        Ok(self.get(&format!("epochs/{node}"))?.unwrap_or(0))
-    }
-
-    /// Persist nodes' epochs (before any message carrying them is sent), all in one
-    /// transaction: a storm of promotions costs one commit (one fsync), not one each.
-    pub fn set_epochs(&self, epochs: &[(Id, u64)]) -> R<()> {
-        if epochs.is_empty() {
-            return Ok(());
-        }
-        let ops: Vec<Op> = epochs
-            .iter()
-            .map(|(node, epoch)| Op::put(format!("epochs/{node}"), json(epoch)))
-            .collect();
-        self.store.txn(&[], &ops)?;
-        Ok(())
     }
 
     /// Check a token string and say whose it is.
@@ -502,6 +442,9 @@ fn store_err(e: RegistryError) -> AuthError {
         other => AuthError::Store(StoreError::Backend(other.to_string())),
     }
 }
+
+mod meta;
+mod route_ops;
 
 #[cfg(test)]
 #[path = "registry_tests.rs"]

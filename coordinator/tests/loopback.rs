@@ -97,7 +97,7 @@ async fn ha_failover_relay_and_restart() {
         "standby learns the active's LAN identity"
     );
     assert_eq!(
-        b.welcome().routes.entries.len(),
+        b.status().routes.entries.len(),
         2,
         "mesh range + the node's route"
     );
@@ -211,12 +211,21 @@ async fn ha_failover_relay_and_restart() {
         (ip_a, ip_b),
         "Mesh IPs are stable"
     );
-    assert_eq!(b2.welcome().role, Role::Active);
-    assert!(
-        b2.welcome().epoch > 2,
-        "epoch persisted across restart: {}",
-        b2.welcome().epoch
-    );
+    // The restarted coordinator promotes nobody until a lease granted by its predecessor
+    // must have lapsed; then the longest-connected replica, in a newer epoch.
+    assert_eq!(b2.welcome().role, Role::Standby);
+    let restarted = Instant::now();
+    let mut st = b2.subscribe();
+    let active = tokio::time::timeout(
+        Duration::from_secs(2),
+        st.wait_for(|s| s.role == Role::Active),
+    )
+    .await
+    .expect("promoted after the restart hold")
+    .unwrap()
+    .epoch;
+    assert!(restarted.elapsed() < Duration::from_millis(2 * LEASE_MS));
+    assert!(active > 2, "epoch persisted across restart: {active}");
 
     // Deleting the node revokes its token with a distinct error.
     c.ok("DELETE", &format!("/api/v1/nodes/{node_id}"), None);

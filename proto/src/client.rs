@@ -9,7 +9,7 @@
 //! let mut session = Session::connect(&token, ConnectOptions::new("replica-1")).await?;
 //! println!("mesh ip {}", session.welcome().mesh_ip);
 //! while let Some(msg) = session.next_event().await {
-//!     // RoleChange / Routes / HandoverDone / Refused; lease state via session.status()
+//!     // RoleChange / HandoverDone / Refused; lease and routes via session.status()
 //! }
 //! # Ok(()) }
 //! ```
@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::lease::LeaseTracker;
 use crate::messages::*;
 use crate::pin::PinnedCertVerifier;
+use crate::routes::Assembler;
 use crate::stream::{StreamError, read_frame, write_frame};
 use crate::token::{Token, TokenError};
 
@@ -79,6 +80,8 @@ pub struct ConnectOptions {
     /// Dial from this endpoint instead of a new one per session, so many sessions can
     /// share one UDP socket (simulations and benchmarks of many replicas in one process).
     pub endpoint: Option<quinn::Endpoint>,
+    /// The highest node epoch this agent has seen (sent in the Hello).
+    pub seen_epoch: u64,
 }
 
 impl ConnectOptions {
@@ -90,6 +93,7 @@ impl ConnectOptions {
             agent_version: concat!("meshgate/", env!("CARGO_PKG_VERSION")).into(),
             connect_timeout: Duration::from_secs(5),
             endpoint: None,
+            seen_epoch: 0,
         }
     }
 }
@@ -185,6 +189,7 @@ impl Session {
             replica_id: opts.replica_id.clone(),
             lan: opts.lan,
             agent_version: opts.agent_version.clone(),
+            seen_epoch: opts.seen_epoch,
         };
         let hello_sent = Instant::now();
         write_frame(&mut send, &AgentMsg::Hello(hello)).await?;
@@ -200,6 +205,20 @@ impl Session {
             }
             None => return Err(ClientError::Protocol("stream closed before Welcome".into())),
         };
+        // The route table follows the Welcome in parts; the session starts with all of it.
+        let mut assembler = Assembler::default();
+        let mut early = Vec::new();
+        let routes = loop {
+            match read_frame::<CoordMsg>(&mut recv).await? {
+                Some(CoordMsg::Routes(part)) => {
+                    if let Some(t) = assembler.push(part) {
+                        break t;
+                    }
+                }
+                Some(other) => early.push(other),
+                None => return Err(ClientError::Protocol("stream closed before routes".into())),
+            }
+        };
         let t = welcome.timings;
         let mut lease = LeaseTracker::new(Duration::from_millis(t.guard_ms.into()));
         if welcome.role == Role::Active {
@@ -214,7 +233,7 @@ impl Session {
             role: welcome.role,
             epoch: welcome.epoch,
             active: welcome.active,
-            routes: welcome.routes.clone(),
+            routes,
             lease_deadline: lease.deadline(),
             closed: None,
         });
@@ -223,7 +242,7 @@ impl Session {
         let (ev_tx, events) = mpsc::unbounded_channel();
         let tasks = vec![
             tokio::spawn(writer(send, ctl_rx)),
-            tokio::spawn(reader(recv, shared.clone(), ev_tx)),
+            tokio::spawn(reader(recv, early, assembler, shared.clone(), ev_tx)),
             tokio::spawn(heartbeats(
                 Duration::from_millis(t.heartbeat_ms.into()),
                 shared.clone(),
@@ -365,14 +384,20 @@ async fn heartbeats(
 
 async fn reader(
     mut recv: quinn::RecvStream,
+    early: Vec<CoordMsg>,
+    mut assembler: Assembler,
     shared: Arc<Mutex<Shared>>,
     events: mpsc::UnboundedSender<CoordMsg>,
 ) {
+    let mut early = early.into_iter();
     let closed = loop {
-        let msg = match read_frame::<CoordMsg>(&mut recv).await {
-            Ok(Some(m)) => m,
-            Ok(None) => break "coordinator closed the control stream".to_string(),
-            Err(e) => break e.to_string(),
+        let msg = match early.next() {
+            Some(m) => m,
+            None => match read_frame::<CoordMsg>(&mut recv).await {
+                Ok(Some(m)) => m,
+                Ok(None) => break "coordinator closed the control stream".to_string(),
+                Err(e) => break e.to_string(),
+            },
         };
         let mut s = lock(&shared);
         let Shared { status, lease } = &mut *s;
@@ -405,14 +430,18 @@ async fn reader(
                     st.lease_deadline = deadline;
                 });
             }
-            CoordMsg::Routes(table) => {
-                status.send_if_modified(|st| {
-                    let newer = table.version > st.routes.version;
-                    if newer {
-                        st.routes = table.clone();
-                    }
-                    newer
-                });
+            CoordMsg::Routes(part) => {
+                if let Some(table) = assembler.push(part.clone()) {
+                    status.send_if_modified(|st| {
+                        let newer = table.version > st.routes.version;
+                        if newer {
+                            st.routes = table;
+                        }
+                        newer
+                    });
+                }
+                // The table is in the status; parts are no event of their own.
+                continue;
             }
             CoordMsg::HandoverDone { epoch } => status.send_modify(|st| st.epoch = *epoch),
             CoordMsg::Refused { .. } | CoordMsg::Welcome(_) => {}

@@ -19,7 +19,8 @@
 //!    the active replica's heartbeats with [`CoordMsg::LeaseGrant`];
 //! 4. coordinator → [`CoordMsg::RoleChange`] on promotion, demotion, fencing, or when
 //!    the node's active changes (standbys need its LAN MAC to hairpin), and
-//!    [`CoordMsg::Routes`] whenever the route table changes (full table, versioned);
+//!    [`CoordMsg::Routes`] with the whole route table after the Welcome and whenever it
+//!    changes (versioned, in bounded parts: [`routes`]);
 //! 5. agent → [`AgentMsg::RequestHandover`] to drain: the coordinator promotes a standby
 //!    first, then fences the requester and sends [`CoordMsg::HandoverDone`];
 //! 6. agent → [`AgentMsg::Goodbye`] before closing on purpose.
@@ -38,6 +39,7 @@ pub mod frame;
 pub mod id;
 pub mod lease;
 pub mod messages;
+pub mod routes;
 pub mod token;
 
 #[cfg(feature = "client")]
@@ -51,6 +53,7 @@ pub mod stream;
 
 pub use id::Id;
 pub use messages::*;
+pub use routes::RoutesPart;
 pub use token::{Kind, Token, TokenError};
 
 /// ALPN protocol id both ends of the tunnel agree on.

@@ -7,11 +7,12 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::id::Id;
+use crate::routes::RoutesPart;
 use crate::token::Kind;
 
 /// Version of the control protocol carried in [`Hello::protocol_version`]. The frame
 /// version byte guards the encoding; this number guards the message semantics.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// A node replica's LAN identity, used by standbys to hairpin packets to the active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,8 +43,8 @@ pub enum AgentMsg {
     Goodbye,
 }
 
-/// Registration: the first message an agent sends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Registration: the first message an agent sends. Its `Debug` leaves the token out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// [`PROTOCOL_VERSION`] of the agent.
     pub protocol_version: u16,
@@ -55,6 +56,22 @@ pub struct Hello {
     pub lan: Option<LanInfo>,
     /// Free-form agent build string, for logs and the API.
     pub agent_version: String,
+    /// The highest node epoch this agent has seen; the coordinator's next promotion
+    /// moves past it, so epochs never go back even if the coordinator lost a write.
+    pub seen_epoch: u64,
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("protocol_version", &self.protocol_version)
+            .field("token", &"<redacted>")
+            .field("replica_id", &self.replica_id)
+            .field("lan", &self.lan)
+            .field("agent_version", &self.agent_version)
+            .field("seen_epoch", &self.seen_epoch)
+            .finish()
+    }
 }
 
 /// Why a replica asks for handover.
@@ -99,8 +116,9 @@ pub struct RouteEntry {
 }
 
 /// The full route table: the mesh range plus every node's routes. Sent whole on every
-/// change (tables are small; a full table makes a lost update harmless). An agent
-/// ignores a table whose `version` is not newer than the one it has.
+/// change, as [`RoutesPart`]s of bounded size (see [`crate::routes`]); a full table makes
+/// a lost update harmless. An agent ignores a table whose `version` is not newer than the
+/// one it has.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteTable {
     /// Monotonic version; higher is newer.
@@ -134,8 +152,9 @@ pub enum CoordMsg {
         /// The active replica's LAN identity, if there is an active with one.
         active: Option<LanInfo>,
     },
-    /// The route table changed.
-    Routes(RouteTable),
+    /// One part of the route table; the whole table follows every Welcome and every
+    /// change (see [`crate::routes`]).
+    Routes(RoutesPart),
     /// The coordinator refuses or ends the session; the connection closes after this.
     Refused {
         /// Machine-readable reason ([`RefuseCode`] constants).
@@ -173,8 +192,8 @@ pub struct Welcome {
     pub timings: Timings,
     /// The active replica's LAN identity, if any.
     pub active: Option<LanInfo>,
-    /// The current route table.
-    pub routes: RouteTable,
+    /// Version of the route table, whose parts follow the Welcome at once.
+    pub routes_version: u64,
 }
 
 /// Machine-readable refusal code. A newtype over `u16` rather than an enum, so a newer
@@ -205,4 +224,8 @@ impl RefuseCode {
     pub const DELETED: Self = Self(10);
     /// A second replica tried to join a node created without `ha`.
     pub const NOT_HA: Self = Self(11);
+    /// The node has as many replicas (replica ids) as it may have.
+    pub const TOO_MANY_REPLICAS: Self = Self(12);
+    /// The connection broke the protocol's limits (a heartbeat flood).
+    pub const ABUSE: Self = Self(13);
 }

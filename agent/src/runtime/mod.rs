@@ -127,6 +127,7 @@ impl Agent {
             self.set_connection("connecting", None);
             let mut opts = ConnectOptions::new(self.replica_id.clone());
             opts.lan = plumbing.lan_info();
+            opts.seen_epoch = self.core.forwarding().epoch();
             let connected = tokio::select! {
                 r = Session::connect(&self.token, opts) => r,
                 _ = self.shutdown.recv() => return Ok(()),

@@ -88,7 +88,6 @@ async fn show_node(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
 
 async fn delete_node(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
     let n = api.hub.registry.delete_node(parse_id("node", &id)?)?;
-    api.hub.participant_deleted(n.id);
     tracing::info!(node = %n.name, id = %n.id, "node deleted");
     Ok(ok(StatusCode::OK, json!({"id": n.id.to_string()})))
 }
@@ -119,7 +118,6 @@ async fn add_route(State(api): State<Arc<Api>>, Path(id): Path<String>, b: Body<
     let node = parse_id("node", &id)?;
     let b = body(b)?;
     let r = api.hub.registry.add_route(node, &b.network, &b.comment)?;
-    api.hub.routes_changed();
     tracing::info!(%node, network = %r.network, "route added");
     Ok(ok(StatusCode::CREATED, route_json(&r)))
 }
@@ -143,7 +141,6 @@ async fn delete_route(
         .hub
         .registry
         .delete_route(parse_id("node", &id)?, parse_id("route", &route)?)?;
-    api.hub.routes_changed();
     Ok(ok(StatusCode::OK, route_json(&r)))
 }
 
@@ -174,7 +171,6 @@ async fn list_devices(State(api): State<Arc<Api>>) -> Res {
 
 async fn delete_device(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
     let d = api.hub.registry.delete_device(parse_id("device", &id)?)?;
-    api.hub.participant_deleted(d.id);
     Ok(ok(StatusCode::OK, json!({"id": d.id.to_string()})))
 }
 

@@ -63,6 +63,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::Route(_) => (StatusCode::BAD_REQUEST, 1004),
             RegistryError::Ipam(_) => (StatusCode::CONFLICT, 1005),
             RegistryError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, 1006),
+            RegistryError::Limit(_) => (StatusCode::CONFLICT, 1007),
         };
         if status.is_server_error() {
             tracing::error!(error = %e, "API request failed");

@@ -1,102 +1,69 @@
-//! Persisting epochs before anything carrying them is sent, without stalling the hub.
+//! The epoch writer: persists the epochs the core asks for, off the state lock and off
+//! the runtime's workers, and tells the core when they are durable.
 //!
-//! Every commit waits for an fsync. Two things keep that off the hot path: the epochs of
-//! all promotions due in one tick go to the store in one commit, and a registration that
-//! will promote (its node has no active) *reserves* the next epoch before it takes the
-//! state lock, so a fleet of first replicas registering does not hold that lock — which
-//! every heartbeat needs — through one fsync each. Persisting a number that ends up
-//! unused is safe: epochs only have to grow, and a later promotion skips it.
+//! Every commit waits for an fsync, so requests are batched: whatever queued while the
+//! previous commit ran goes into the next one (a storm of promotions costs one fsync, not
+//! one each). A failed write is retried; the messages that carry those epochs stay held
+//! by the core meanwhile, so agents never hear an epoch the store may forget.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use meshgate_proto::Id;
+use tokio::sync::mpsc;
 
-use crate::election::Action;
-use crate::registry::{Registry, RegistryError};
+use super::Hub;
+use crate::core::Input;
 
-/// The highest epoch known to be on disk, per node.
-#[derive(Default)]
-pub(super) struct Epochs {
-    persisted: Mutex<HashMap<Id, u64>>,
+/// Pause before asking again after a failed write.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+
+/// Merges requests into one write: the highest epoch per node.
+pub(super) fn merge(batches: impl IntoIterator<Item = Vec<(Id, u64)>>) -> Vec<(Id, u64)> {
+    let mut max = BTreeMap::new();
+    for (node, epoch) in batches.into_iter().flatten() {
+        let e = max.entry(node).or_insert(epoch);
+        *e = (*e).max(epoch);
+    }
+    max.into_iter().collect()
 }
 
-impl Epochs {
-    fn persisted(&self) -> std::sync::MutexGuard<'_, HashMap<Id, u64>> {
-        self.persisted.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Puts `epoch` on disk for `node` now (before the caller takes the state lock).
-    pub(super) fn reserve(
-        &self,
-        registry: &Registry,
-        node: Id,
-        epoch: u64,
-    ) -> Result<(), RegistryError> {
-        registry.set_epochs(&[(node, epoch)])?;
-        let mut p = self.persisted();
-        let e = p.entry(node).or_default();
-        *e = (*e).max(epoch);
-        Ok(())
-    }
-
-    /// One store commit for every `PersistEpoch` in `due` not already on disk.
-    pub(super) fn persist(&self, registry: &Registry, due: &[(Id, Vec<Action>)]) {
-        let mut persisted = self.persisted();
-        let epochs: Vec<(Id, u64)> = due
-            .iter()
-            .flat_map(|(node, actions)| {
-                actions.iter().filter_map(move |a| match a {
-                    Action::PersistEpoch(e) => Some((*node, *e)),
-                    _ => None,
-                })
-            })
-            .filter(|(node, e)| persisted.get(node).is_none_or(|p| e > p))
-            .collect();
-        if epochs.is_empty() {
-            return;
+/// Runs until the hub goes away.
+pub(super) async fn writer(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Vec<(Id, u64)>>) {
+    while let Some(first) = rx.recv().await {
+        let mut batches = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batches.push(more);
         }
-        match registry.set_epochs(&epochs) {
-            Ok(()) => {
-                for (node, e) in epochs {
-                    persisted.insert(node, e);
-                }
+        let epochs = merge(batches);
+        let h = hub.clone();
+        let todo = epochs.clone();
+        let result = tokio::task::spawn_blocking(move || h.registry.set_epochs(&todo)).await;
+        match result {
+            Ok(Ok(())) => hub.input(Input::EpochsDurable(epochs)),
+            Ok(Err(e)) => {
+                tracing::error!(?epochs, error = %e, "failed to persist epochs; retrying");
+                tokio::time::sleep(RETRY_AFTER).await;
+                hub.input(Input::EpochsFailed(epochs));
             }
-            Err(err) => tracing::error!(?epochs, error = %err, "failed to persist epochs"),
+            Err(e) => {
+                tracing::error!(?epochs, error = %e, "epoch write panicked; retrying");
+                tokio::time::sleep(RETRY_AFTER).await;
+                hub.input(Input::EpochsFailed(epochs));
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::ipam::Ipam;
-    use crate::store::{Store, redb::RedbStore};
 
     #[test]
-    fn reserved_and_persisted_epochs_are_not_written_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(RedbStore::open(&dir.path().join("store.redb")).unwrap());
-        let registry = Registry::new(
-            store.clone(),
-            Ipam::new("100.96.0.0/12".parse().unwrap()).unwrap(),
-            [9; 32],
-        );
-        let (a, b) = (Id::random(), Id::random());
-        let epochs = Epochs::default();
-        epochs.reserve(&registry, a, 5).unwrap();
-        let rev = store.revision().unwrap();
-        let due = |node, e| vec![(node, vec![Action::PersistEpoch(e)])];
-        epochs.persist(&registry, &due(a, 5));
-        epochs.persist(&registry, &due(a, 4));
-        assert_eq!(store.revision().unwrap(), rev, "already on disk: no commit");
-        epochs.persist(&registry, &[due(a, 6), due(b, 1)].concat());
-        assert_eq!(store.revision().unwrap(), rev + 1, "both in one commit");
-        assert_eq!(
-            (registry.epoch(a).unwrap(), registry.epoch(b).unwrap()),
-            (6, 1)
-        );
+    fn merge_keeps_the_highest_epoch_per_node() {
+        let (a, b) = (Id([1; 16]), Id([2; 16]));
+        let m = merge([vec![(a, 3), (b, 1)], vec![(a, 5)], vec![(a, 4)]]);
+        assert_eq!(m, vec![(a, 5), (b, 1)]);
     }
 }

@@ -1,0 +1,163 @@
+//! Read-only views of the core for the relay, the API and metrics.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use meshgate_proto::{Id, Kind, Role, RouteTable};
+
+use super::{Core, SessionId};
+use crate::relay::Sender;
+
+/// What the relay table is built from.
+pub struct RelayView {
+    /// Every session with its sending rights.
+    pub senders: Vec<(SessionId, Sender)>,
+    /// Where each node's traffic goes.
+    pub active: HashMap<Id, SessionId>,
+    /// The route table.
+    pub routes: Arc<RouteTable>,
+}
+
+/// A replica as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplicaView {
+    /// Replica id.
+    pub id: String,
+    /// Mesh IP.
+    pub mesh_ip: Ipv4Addr,
+    /// `active` or `passive`.
+    pub ha_status: &'static str,
+    /// Raw role: active, standby, draining (handed over, still forwarding until fenced),
+    /// fenced.
+    pub role: &'static str,
+    /// Handed its role over and still forwards until fenced; `ha_status` is `passive`.
+    pub draining: bool,
+    /// Node epoch.
+    pub epoch: u64,
+    /// When it connected (RFC 3339).
+    pub run_at: String,
+    /// Its connection(s).
+    pub conns: Vec<serde_json::Value>,
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Active => "active",
+        Role::Standby => "standby",
+        Role::Fenced => "fenced",
+    }
+}
+
+impl Core {
+    /// The relay's inputs at `now`. Traffic for a node's routes goes to its active from
+    /// the moment of promotion; a draining replica may still send until it is fenced.
+    pub fn relay_view(&self, now: Instant) -> RelayView {
+        let active = self
+            .elections
+            .iter()
+            .filter_map(|(n, e)| e.forwarder(now).map(|c| (*n, c)))
+            .collect();
+        let senders = self
+            .sessions
+            .iter()
+            .map(|(c, s)| {
+                let node = (s.kind == Kind::Node).then(|| {
+                    let may_send = self
+                        .elections
+                        .get(&s.id)
+                        .is_some_and(|e| e.may_send(*c, now));
+                    (s.id, may_send)
+                });
+                let sender = Sender {
+                    mesh_ip: s.mesh_ip,
+                    node,
+                };
+                (*c, sender)
+            })
+            .collect();
+        RelayView {
+            senders,
+            active,
+            routes: self.routes.clone(),
+        }
+    }
+
+    /// Connected replicas of a node, oldest first; `colo` names this coordinator.
+    pub fn connections(&self, node: Id, now: Instant, colo: &str) -> Vec<ReplicaView> {
+        let Some(el) = self.elections.get(&node) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(SystemTime, ReplicaView)> = el
+            .replicas()
+            .filter_map(|(c, role)| {
+                let s = self.sessions.get(&c)?;
+                let active = el.active(now) == Some(c);
+                let draining = el.draining() == Some(c);
+                let run_at = humantime::format_rfc3339_seconds(s.opened_at).to_string();
+                let role = if active {
+                    "active"
+                } else if draining {
+                    "draining"
+                } else if role == Role::Active {
+                    role_name(Role::Standby)
+                } else {
+                    role_name(role)
+                };
+                let conn = serde_json::json!({"colo_name": colo, "origin_ip": s.origin.ip().to_string(), "opened_at": run_at});
+                let view = ReplicaView {
+                    id: s.replica_id.clone(),
+                    mesh_ip: s.mesh_ip,
+                    ha_status: if active { "active" } else { "passive" },
+                    role,
+                    draining,
+                    epoch: el.epoch(),
+                    run_at,
+                    conns: vec![conn],
+                };
+                Some((s.opened_at, view))
+            })
+            .collect();
+        out.sort_by_key(|(t, _)| *t);
+        out.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Number of connected participants, and replicas per (node, ha_status).
+    pub fn census(&self, now: Instant) -> (usize, Vec<(Id, &'static str, usize)>) {
+        let mut per = Vec::new();
+        for (node, el) in &self.elections {
+            let n = el
+                .replicas()
+                .filter(|(c, _)| self.sessions.contains_key(c))
+                .count();
+            let active = usize::from(
+                el.active(now)
+                    .is_some_and(|c| self.sessions.contains_key(&c)),
+            );
+            per.push((*node, "active", active));
+            per.push((*node, "passive", n - active));
+        }
+        (self.sessions.len(), per)
+    }
+
+    /// Every session's participant id (to find deleted ones after a missed watch event).
+    pub fn participants(&self) -> Vec<Id> {
+        let mut ids: Vec<Id> = self.sessions.values().map(|s| s.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Whether a replica of `node` other than `replica_id` is connected.
+    pub fn has_other_replica(&self, node: Id, replica_id: &str) -> bool {
+        self.sessions
+            .values()
+            .any(|s| s.id == node && s.replica_id != replica_id)
+    }
+
+    /// A node's election (the simulation checks its invariants through it).
+    pub fn election(&self, node: Id) -> Option<&crate::election::Election> {
+        self.elections.get(&node)
+    }
+}

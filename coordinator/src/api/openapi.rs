@@ -56,7 +56,8 @@ pub async fn document() -> Json<Value> {
             },
             "/api/v1/devices/{id}": {"parameters": id, "delete": op("Delete a device", None)},
             "/api/v1/stats": {"get": op("JSON counters", None)},
-            "/ready": {"get": {"summary": "Readiness with named checks", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+            "/api/v1/cluster": {"get": op("The coordinator cluster: members (name, public_addrs, api_addr, status up/down), which member decides elections, etcd health per endpoint; a lone coordinator lists itself", None)},
+            "/ready": {"get": {"summary": "Readiness with named checks (store, quic_listener, and cluster with --etcd)", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
             "/metrics": {"get": {"summary": "Prometheus text", "responses": {"200": {"description": "metrics"}}}}
         }
     }))

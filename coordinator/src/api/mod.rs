@@ -3,7 +3,9 @@
 
 mod cluster;
 mod handlers;
+mod map;
 mod openapi;
+mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -196,10 +198,12 @@ async fn not_found() -> ApiError {
 pub fn router(api: Arc<Api>) -> Router {
     let protected = handlers::routes()
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/map", get(map::map))
         .route("/api/v1/cluster", get(cluster::cluster))
         .layer(middleware::from_fn_with_state(api.clone(), auth));
     Router::new()
         .merge(protected)
+        .merge(ui::routes())
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

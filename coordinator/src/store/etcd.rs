@@ -75,7 +75,12 @@ impl EtcdStore {
     /// start the watch, so this fails when etcd has no quorum.
     pub fn open(etcd: Arc<Etcd>, root: impl Into<String>) -> Result<Self, StoreError> {
         let root = root.into();
-        let (kvs, revision) = etcd.block(read_all(etcd.client(), root.clone()))?;
+        let range = root.clone();
+        let (kvs, revision) = etcd
+            .block(retrying(etcd.client(), unavailable, move |c| {
+                read_all(c, range.clone())
+            }))
+            .map_err(be)?;
         let cursor = Cursor::from_snapshot(&kvs, revision);
         let events = broadcast::channel(1024).0;
         let watcher = etcd.handle().spawn(watch_loop(
@@ -105,20 +110,30 @@ impl EtcdStore {
     ) -> Result<T, etcd_client::Error>
     where
         T: Send + 'static,
-        Fut: Future<Output = Result<T, etcd_client::Error>> + Send,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
-        let client = self.etcd.client();
-        self.etcd.block(async move {
-            let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
-            loop {
-                match f(client.clone()).await {
-                    Err(e) if retry(&e) && tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(RETRY_PAUSE).await;
-                    }
-                    r => return r,
-                }
+        self.etcd.block(retrying(self.etcd.client(), retry, f))
+    }
+}
+
+/// Send a request again while `retry` says its failure allows it, within
+/// [`REQUEST_TIMEOUT`].
+async fn retrying<T, Fut>(
+    client: Client,
+    retry: fn(&etcd_client::Error) -> bool,
+    f: impl Fn(Client) -> Fut,
+) -> Result<T, etcd_client::Error>
+where
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        match f(client.clone()).await {
+            Err(e) if retry(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
-        })
+            r => return r,
+        }
     }
 }
 
@@ -140,11 +155,13 @@ fn from_etcd(root: &str, kv: &etcd_client::KeyValue) -> Option<KeyValue> {
     })
 }
 
-async fn read_all(mut client: Client, root: String) -> Result<(Vec<KeyValue>, u64), StoreError> {
+async fn read_all(
+    mut client: Client,
+    root: String,
+) -> Result<(Vec<KeyValue>, u64), etcd_client::Error> {
     let resp = client
         .get(root.clone(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(be)?;
+        .await?;
     let kvs = resp
         .kvs()
         .iter()

@@ -400,6 +400,64 @@ pub fn prometheus(api: &Api) -> String {
     api.hub.policy.counters.prometheus(&names)
 }
 
+/// Adds the policy endpoints (and `tags` on nodes and devices) to the OpenAPI `paths`;
+/// `op` makes one operation from a summary and an optional body schema.
+pub fn document(paths: &mut Value, op: fn(&str, Option<Value>) -> Value) {
+    let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let list = json!({"type": "array", "items": {"type": "string"}});
+    let policy = json!({"type": "object", "required": ["name", "precedence", "action", "sources", "destinations"], "properties": {
+        "name": {"type": "string"}, "precedence": {"type": "integer", "minimum": 0},
+        "action": {"type": "string", "enum": ["allow", "block"]},
+        "sources": {"type": "array", "items": {"type": "string", "description": "any | device:ID | node:ID | tag:NAME | cidr:NETWORK"}},
+        "destinations": {"type": "array", "items": {"type": "string", "description": "any | device:ID | node:ID | tag:NAME | cidr:NETWORK"}},
+        "protocols": {"type": "array", "items": {"type": "string", "enum": ["tcp", "udp", "icmp"]}},
+        "ports": {"type": "array", "items": {"type": "string", "description": "22 or 8000-8100"}}}});
+    let tags = json!({"type": "object", "required": ["tags"], "properties": {"tags": list}});
+    let add = json!({
+        "/api/v1/policies": {
+            "get": op("List policies, lowest precedence first", None),
+            "post": op("Create a policy", Some(policy.clone()))
+        },
+        "/api/v1/policies/{id}": {
+            "parameters": id,
+            "get": op("Show a policy with counters (matches, drops) reported by agents", None),
+            "put": op("Replace a policy", Some(policy)),
+            "delete": op("Delete a policy", None)
+        },
+        "/api/v1/policies/test": {"post": op("Which policy decides a packet, and why", Some(json!({"type": "object", "required": ["source", "destination", "protocol"], "properties": {
+            "source": {"type": "string", "description": "IPv4 address, device:ID or node:ID"},
+            "destination": {"type": "string"}, "protocol": {"type": "string", "enum": ["tcp", "udp", "icmp"]},
+            "port": {"type": "integer"}}})))},
+        "/api/v1/settings": {
+            "get": op("Policy settings", None),
+            "put": op("Replace policy settings", Some(json!({"type": "object", "required": ["default_action"], "properties": {"default_action": {"type": "string", "enum": ["allow", "block"]}}})))
+        }
+    });
+    let (Some(paths), Value::Object(add)) = (paths.as_object_mut(), add) else {
+        return;
+    };
+    paths.extend(add);
+    for (path, what) in [
+        ("/api/v1/nodes/{id}", "node"),
+        ("/api/v1/devices/{id}", "device"),
+    ] {
+        if let Some(p) = paths.get_mut(path).and_then(Value::as_object_mut) {
+            p.insert(
+                "patch".into(),
+                op(&format!("Replace the {what}'s tags"), Some(tags.clone())),
+            );
+        }
+    }
+    for path in ["/api/v1/nodes", "/api/v1/devices"] {
+        if let Some(props) = paths.get_mut(path).and_then(|p| {
+            p["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+                .as_object_mut()
+        }) {
+            props.insert("tags".into(), list.clone());
+        }
+    }
+}
+
 /// The authenticated policy routes.
 pub fn routes() -> Router<Arc<Api>> {
     Router::new()

@@ -2,8 +2,10 @@
 //! public probes `/ready` and `/metrics`. Resource handlers live in [`handlers`].
 
 mod handlers;
+mod map;
 mod openapi;
 mod policies;
+mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -194,9 +196,11 @@ pub fn router(api: Arc<Api>) -> Router {
     let protected = handlers::routes()
         .merge(policies::routes())
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/map", get(map::map))
         .layer(middleware::from_fn_with_state(api.clone(), auth));
     Router::new()
         .merge(protected)
+        .merge(ui::routes())
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

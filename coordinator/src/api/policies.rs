@@ -228,10 +228,7 @@ async fn patch_node(
     let tags = tags_of(&body)?;
     let n = api.hub.registry.set_node_tags(id, tags)?;
     api.policies_changed();
-    Ok(ok(
-        StatusCode::OK,
-        json!({"id": n.id.to_string(), "name": n.name, "ha": n.ha, "created_at": n.created_at, "tags": n.tags}),
-    ))
+    Ok(ok(StatusCode::OK, super::handlers::node_json(&n)))
 }
 
 async fn patch_device(
@@ -243,10 +240,7 @@ async fn patch_device(
     let tags = tags_of(&body)?;
     let d = api.hub.registry.set_device_tags(id, tags)?;
     api.policies_changed();
-    Ok(ok(
-        StatusCode::OK,
-        json!({"id": d.id.to_string(), "name": d.name, "mesh_ip": d.mesh_ip.to_string(), "created_at": d.created_at, "tags": d.tags}),
-    ))
+    Ok(ok(StatusCode::OK, super::handlers::device_json(&d)))
 }
 
 /// Refuses (409) to delete a device or node that policies reference; the caller keeps

@@ -5,6 +5,7 @@ mod cluster;
 mod handlers;
 mod map;
 mod openapi;
+mod policies;
 mod ui;
 
 use std::sync::Arc;
@@ -160,7 +161,8 @@ fn replica_census(api: &Api) -> (usize, Vec<(String, &'static str, usize)>) {
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
     let (participants, replicas) = replica_census(&api);
-    let text = api.hub.metrics.prometheus(participants, &replicas);
+    let mut text = api.hub.metrics.prometheus(participants, &replicas);
+    text.push_str(&policies::prometheus(&api));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -197,6 +199,7 @@ async fn not_found() -> ApiError {
 /// The router.
 pub fn router(api: Arc<Api>) -> Router {
     let protected = handlers::routes()
+        .merge(policies::routes())
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/map", get(map::map))
         .route("/api/v1/cluster", get(cluster::cluster))

@@ -27,6 +27,7 @@ use crate::relay::{Errors, Table};
 
 mod epochs;
 mod events;
+mod policy_link;
 pub mod tasks;
 pub use crate::core::ReplicaView;
 pub use events::{EventLog, NodeEvent};
@@ -54,6 +55,8 @@ pub struct Hub {
     pub metrics: Metrics,
     /// Recent election events per node.
     pub events: EventLog,
+    /// Network policies: the book, agents' counters, the change signal.
+    pub policy: crate::policy::Engine,
     colo: String,
     state: Mutex<State>,
     table: RwLock<Arc<Table>>,
@@ -97,6 +100,7 @@ impl Hub {
             registry,
             metrics: Metrics::default(),
             events: EventLog::default(),
+            policy: crate::policy::Engine::default(),
             colo,
             state: Mutex::new(State {
                 core: Core::new(cfg, Instant::now()),

@@ -2,6 +2,7 @@
 //! relay. The binary in `main.rs` wires these modules together.
 
 pub mod api;
+pub mod cluster;
 pub mod core;
 pub mod election;
 pub mod hub;
@@ -9,6 +10,7 @@ pub mod icmp;
 pub mod identity;
 pub mod ipam;
 pub mod metrics;
+pub mod policy;
 pub mod quic;
 pub mod registry;
 pub mod relay;

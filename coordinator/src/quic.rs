@@ -65,7 +65,7 @@ pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig> {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("failed to select TLS 1.3")?
         .with_no_client_auth()
-        .with_single_cert(vec![id.cert.clone()], id.key.clone_key())
+        .with_single_cert(id.cert_chain(), id.key.clone_key())
         .context("failed to load the TLS identity")?;
     tls.alpn_protocols = vec![meshgate_proto::ALPN.to_vec()];
     // 0-RTT off: registration must not be replayable.
@@ -226,6 +226,7 @@ async fn write_loop(
     mut routes: tokio::sync::watch::Receiver<Arc<meshgate_proto::RouteTable>>,
 ) {
     let mut welcomed = false;
+    let mut early = Vec::new();
     loop {
         let msg = tokio::select! {
             biased;
@@ -246,6 +247,12 @@ async fn write_loop(
         };
         let refused = matches!(msg, CoordMsg::Refused { .. });
         let welcome = matches!(msg, CoordMsg::Welcome(_));
+        if !welcomed && !welcome && !refused {
+            // Queued by another task (a policy filter) while the Welcome waited for its
+            // epoch to be durable: it follows the Welcome and the route table.
+            early.push(msg);
+            continue;
+        }
         if write_frame(&mut send, &msg).await.is_err() || refused {
             break;
         }
@@ -254,6 +261,11 @@ async fn write_loop(
             let table = routes.borrow_and_update().clone();
             if write_routes(&mut send, &table).await.is_err() {
                 break;
+            }
+            for m in std::mem::take(&mut early) {
+                if write_frame(&mut send, &m).await.is_err() {
+                    break;
+                }
             }
         }
     }
@@ -284,6 +296,7 @@ async fn control_loop(hub: &Hub, conn_id: u64, recv: &mut quinn::RecvStream) -> 
                 tracing::info!(conn = conn_id, ?reason, "handover requested");
                 hub.input(Input::HandoverRequested { session: conn_id });
             }
+            Some(AgentMsg::FilterCounters(c)) => hub.policy_counters(conn_id, &c),
             Some(AgentMsg::Goodbye) | None => return Ok(()),
             Some(AgentMsg::Hello(_)) => anyhow::bail!("second Hello on one connection"),
         }

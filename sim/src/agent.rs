@@ -241,7 +241,7 @@ impl Agent {
                 Self::closed(w, i, session);
                 return;
             }
-            CoordMsg::Welcome(_) | CoordMsg::Routes(_) => return,
+            CoordMsg::Welcome(_) | CoordMsg::Routes(_) | CoordMsg::Filter(_) => return,
         }
         Self::feed_status(w, i);
     }

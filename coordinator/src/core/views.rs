@@ -149,6 +149,13 @@ impl Core {
         ids
     }
 
+    /// Whose session this is: its node or device id and replica id.
+    pub fn session_owner(&self, session: SessionId) -> Option<(Id, String)> {
+        self.sessions
+            .get(&session)
+            .map(|s| (s.id, s.replica_id.clone()))
+    }
+
     /// Whether a replica of `node` other than `replica_id` is connected.
     pub fn has_other_replica(&self, node: Id, replica_id: &str) -> bool {
         self.sessions

@@ -219,7 +219,7 @@ fn schemathesis_finds_nothing() {
         // overlapping a route): a schema cannot say which, so "schema-valid input must
         // be accepted" does not hold here. Every other check runs.
         .args(["--exclude-checks", "positive_data_acceptance"])
-        .args(["--max-examples", "15", "--seed", "1", "--no-color"])
+        .args(["--max-examples", "10", "--seed", "1", "--no-color"])
         .args(["--request-timeout", "5"])
         // Its own state (`.schemathesis/`) goes to the temporary directory.
         .current_dir(dir.path())

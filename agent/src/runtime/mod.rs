@@ -47,6 +47,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .supervise(&mut plumbing)
         .await;
     plumbing.cleanup().await;
+    crate::policy_task::Enforcer::remove();
     result
 }
 
@@ -72,6 +73,7 @@ struct Agent {
     drain_exit: DrainExit,
     status_socket: std::path::PathBuf,
     local_prefixes: Vec<Ipv4Net>,
+    policy: crate::policy_task::Enforcer,
 }
 
 impl Agent {
@@ -110,6 +112,7 @@ impl Agent {
             drain_exit: DrainExit::default(),
             status_socket: state_dir::status_socket(&args.state_dir),
             local_prefixes: Vec::new(),
+            policy: crate::policy_task::Enforcer::start(args.tun.clone()),
         }
     }
 
@@ -210,6 +213,7 @@ impl Agent {
         let first = status_rx.borrow_and_update().clone();
         self.feed_status(plumbing, &session, &first, welcome.id)
             .await?;
+        let mut filter_report = tokio::time::interval(FILTER_REPORT_EVERY);
         let outcome = loop {
             let deadline = self
                 .core
@@ -234,6 +238,7 @@ impl Agent {
                         bail!("the coordinator ended this agent's session: {reason} (code {})", code.0)
                     }
                     Some(CoordMsg::HandoverDone { epoch }) => info!(epoch, "handover done"),
+                    Some(CoordMsg::Filter(f)) => self.policy.receive(*f),
                     Some(_) => {}
                 },
                 _ = sleep_until_opt(deadline) => self.feed(plumbing, Some(&session), Event::Tick).await?,
@@ -260,6 +265,9 @@ impl Agent {
                     break Outcome::Shutdown;
                 }
                 _ = sleep_until_opt(drain_poll) => {}
+                _ = filter_report.tick() => if let Some(c) = self.policy.report() {
+                    session.report_filter_counters(c);
+                },
             }
             if self.core.draining()
                 && self.drain_exit.may_leave(
@@ -365,6 +373,9 @@ impl Agent {
         }
     }
 }
+
+/// How often the policy filter's counters go to the coordinator.
+const FILTER_REPORT_EVERY: Duration = Duration::from_secs(3);
 
 /// Refusals that retrying cannot fix: the token itself is the problem.
 fn is_fatal(code: RefuseCode) -> bool {

@@ -23,6 +23,7 @@ pub(super) fn source(
     let xdp = plumbing.counter_source();
     let lease = plumbing.lease_source();
     let mode = agent.mode;
+    let filter = agent.policy.status();
     Arc::new(move || {
         let mut r = lock(&report).clone();
         let now = Instant::now();
@@ -39,6 +40,7 @@ pub(super) fn source(
         r.counters.tun_to_mesh = counters.tun_to_mesh.load(Ordering::Relaxed);
         r.counters.mesh_to_tun = counters.mesh_to_tun.load(Ordering::Relaxed);
         r.counters.dropped = counters.dropped();
+        r.filter = filter();
         if let Some((verdicts, routes)) = xdp() {
             r.counters.xdp_verdicts = verdicts;
             r.counters.xdp_routes = routes;

@@ -75,7 +75,11 @@ impl Api {
         Denied,
     ))]
 async fn create_node(State(api): State<Arc<Api>>, Body(b): Body<NewNode>) -> Res<NodeCreated> {
-    let n = api.hub.registry.create_node(b.name.trim(), b.ha)?;
+    let tags = super::policies::creation_tags(b.tags.as_ref())?;
+    let n = api
+        .hub
+        .registry
+        .create_node_tagged(b.name.trim(), b.ha, tags)?;
     tracing::info!(node = %n.name, id = %n.id, ha = n.ha, "node created");
     let token = api.token(Kind::Node, n.id);
     Ok(Reply(
@@ -112,10 +116,14 @@ async fn show_node(State(api): State<Arc<Api>>, Path(p): Path<IdPath>) -> Res<No
         (status = 200, description = "Deleted with its routes and Mesh IPs; its replicas are disconnected",
             body = Envelope<Deleted>),
         (status = 404, description = "No such node", body = ErrorEnvelope),
+        (status = 409, description = "A policy references the node", body = ErrorEnvelope),
         Denied,
     ))]
 async fn delete_node(State(api): State<Arc<Api>>, Path(p): Path<IdPath>) -> Res<Deleted> {
-    let n = api.hub.registry.delete_node(parse_id("node", &p.id)?)?;
+    let id = parse_id("node", &p.id)?;
+    let guard = super::policies::guard_delete(&api, id, "node")?;
+    let n = api.hub.registry.delete_node(id)?;
+    drop(guard);
     api.hub.participant_deleted(n.id);
     tracing::info!(node = %n.name, id = %n.id, "node deleted");
     Ok(ok(Deleted {
@@ -236,7 +244,8 @@ async fn create_device(
     State(api): State<Arc<Api>>,
     Body(b): Body<NewDevice>,
 ) -> Res<DeviceCreated> {
-    let d = api.hub.registry.create_device(b.name.trim())?;
+    let tags = super::policies::creation_tags(b.tags.as_ref())?;
+    let d = api.hub.registry.create_device_tagged(b.name.trim(), tags)?;
     tracing::info!(device = %d.name, id = %d.id, mesh_ip = %d.mesh_ip, "device enrolled");
     let token = api.token(Kind::Device, d.id);
     Ok(Reply(
@@ -260,10 +269,14 @@ async fn list_devices(State(api): State<Arc<Api>>) -> Res<Vec<DeviceView>> {
     responses(
         (status = 200, description = "Deleted; its agent is disconnected", body = Envelope<Deleted>),
         (status = 404, description = "No such device", body = ErrorEnvelope),
+        (status = 409, description = "A policy references the device", body = ErrorEnvelope),
         Denied,
     ))]
 async fn delete_device(State(api): State<Arc<Api>>, Path(p): Path<IdPath>) -> Res<Deleted> {
-    let d = api.hub.registry.delete_device(parse_id("device", &p.id)?)?;
+    let id = parse_id("device", &p.id)?;
+    let guard = super::policies::guard_delete(&api, id, "device")?;
+    let d = api.hub.registry.delete_device(id)?;
+    drop(guard);
     api.hub.participant_deleted(d.id);
     Ok(ok(Deleted {
         id: d.id.to_string(),

@@ -5,6 +5,8 @@
 mod handlers;
 mod map;
 mod openapi;
+mod policies;
+pub mod policy_schema;
 mod probes;
 pub mod schema;
 mod ui;
@@ -123,7 +125,9 @@ async fn not_found() -> ApiError {
 /// `api`, the protected part is behind the admin token; without, only the document is
 /// wanted.
 fn documented(api: Option<&Arc<Api>>) -> OpenApiRouter<Arc<Api>> {
-    let mut protected = handlers::routes().merge(map::routes());
+    let mut protected = handlers::routes()
+        .merge(policies::routes())
+        .merge(map::routes());
     if let Some(api) = api {
         protected = protected.layer(middleware::from_fn_with_state(api.clone(), auth));
     }

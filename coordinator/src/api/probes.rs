@@ -64,7 +64,8 @@ fn replica_census(api: &Api) -> (usize, Vec<(String, &'static str, usize)>) {
         body = String, content_type = "text/plain")))]
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
     let (participants, replicas) = replica_census(&api);
-    let text = api.hub.metrics.prometheus(participants, &replicas);
+    let mut text = api.hub.metrics.prometheus(participants, &replicas);
+    text.push_str(&super::policies::prometheus(&api));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -21,20 +21,36 @@ pub struct Name;
 
 impl utoipa::PartialSchema for Name {
     fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .description(Some(
-                "1-63 letters, digits, '-', '_' or '.', unique among nodes (or devices)",
-            ))
-            .min_length(Some(1))
-            .max_length(Some(63))
-            .pattern(Some(r"^[A-Za-z0-9._-]{1,63}$"))
+        label("1-63 letters, digits, '-', '_' or '.', unique among nodes (or devices)")
             .examples(["web-server"])
             .into()
     }
 }
 
 impl ToSchema for Name {}
+
+/// A tag on a node or device, which policies name as `tag:NAME`: the same rule as names.
+pub struct Tag;
+
+impl utoipa::PartialSchema for Tag {
+    fn schema() -> RefOr<Schema> {
+        label("1-63 letters, digits, '-', '_' or '.'")
+            .examples(["ops"])
+            .into()
+    }
+}
+
+impl ToSchema for Tag {}
+
+/// The registry's rule for names and tags.
+fn label(description: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .min_length(Some(1))
+        .max_length(Some(63))
+        .pattern(Some(r"^[A-Za-z0-9._-]{1,63}$"))
+}
 
 /// An object id: 128 random bits as lowercase hex in UUID form (`8-4-4-4-12`). The
 /// undashed form (32 hex digits) is accepted too.
@@ -157,6 +173,10 @@ pub struct NewNode {
     /// Whether several replicas share the node (active/standby with failover).
     #[serde(default)]
     pub ha: bool,
+    /// Tags that policies can name (at most 32; duplicates are dropped).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Tag>>, max_items = 32)]
+    pub tags: Option<serde_json::Value>,
 }
 
 /// A node.
@@ -173,6 +193,9 @@ pub struct NodeView {
     /// When it was created.
     #[schema(value_type = Timestamp)]
     pub created_at: String,
+    /// Its tags, sorted.
+    #[schema(value_type = Vec<Tag>)]
+    pub tags: Vec<String>,
 }
 
 impl From<&NodeRecord> for NodeView {
@@ -182,6 +205,7 @@ impl From<&NodeRecord> for NodeView {
             name: n.name.clone(),
             ha: n.ha,
             created_at: n.created_at.clone(),
+            tags: n.tags.clone(),
         }
     }
 }
@@ -252,6 +276,10 @@ pub struct NewDevice {
     /// Unique among devices.
     #[schema(value_type = Name)]
     pub name: String,
+    /// Tags that policies can name (at most 32; duplicates are dropped).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Tag>>, max_items = 32)]
+    pub tags: Option<serde_json::Value>,
 }
 
 /// A device.
@@ -269,6 +297,9 @@ pub struct DeviceView {
     /// When it was enrolled.
     #[schema(value_type = Timestamp)]
     pub created_at: String,
+    /// Its tags, sorted.
+    #[schema(value_type = Vec<Tag>)]
+    pub tags: Vec<String>,
 }
 
 impl From<&DeviceRecord> for DeviceView {
@@ -278,6 +309,7 @@ impl From<&DeviceRecord> for DeviceView {
             name: d.name.clone(),
             mesh_ip: d.mesh_ip.to_string(),
             created_at: d.created_at.clone(),
+            tags: d.tags.clone(),
         }
     }
 }

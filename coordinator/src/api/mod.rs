@@ -2,6 +2,7 @@
 //! public probes. Resource handlers live in [`handlers`], their bodies in [`schema`] and
 //! [`views`]; the OpenAPI document ([`openapi`]) is derived from all of them.
 
+mod cluster;
 mod handlers;
 mod map;
 mod openapi;
@@ -32,8 +33,9 @@ pub struct Api {
     pub hub: Arc<Hub>,
     /// Bearer token.
     pub admin_token: String,
-    /// Addresses tokens tell agents to dial.
-    pub token_addrs: Vec<String>,
+    /// The coordinator cluster (or this coordinator alone): what tokens tell agents to
+    /// dial, and `GET /api/v1/cluster`.
+    pub cluster: Arc<crate::cluster::Cluster>,
     /// Certificate fingerprint tokens pin.
     pub fingerprint: [u8; 32],
     /// Set once the QUIC listener is bound.
@@ -127,6 +129,7 @@ async fn not_found() -> ApiError {
 fn documented(api: Option<&Arc<Api>>) -> OpenApiRouter<Arc<Api>> {
     let mut protected = handlers::routes()
         .merge(policies::routes())
+        .merge(cluster::routes())
         .merge(map::routes());
     if let Some(api) = api {
         protected = protected.layer(middleware::from_fn_with_state(api.clone(), auth));

@@ -32,6 +32,8 @@ use super::Api;
         (name = "routes", description = "Networks a node advertises into the mesh"),
         (name = "devices", description = "Client devices"),
         (name = "probes", description = "Readiness, metrics and counters (no token)"),
+        (name = "policies", description = "Network policies and their settings"),
+        (name = "cluster", description = "The coordinators sharing this control plane"),
         (name = "console", description = "What the web console reads"),
     )
 )]

@@ -29,10 +29,13 @@ async fn ready(State(api): State<Arc<Api>>) -> Reply<Readiness> {
     } else {
         "not listening"
     };
-    let checks = BTreeMap::from([
+    let mut checks = BTreeMap::from([
         ("store".to_owned(), store),
         ("quic_listener".to_owned(), quic.to_owned()),
     ]);
+    if let Some(cluster) = api.cluster.ready_check() {
+        checks.insert("cluster".to_owned(), cluster);
+    }
     let ready = checks.values().all(|v| v == "ok");
     let status = if ready {
         StatusCode::OK

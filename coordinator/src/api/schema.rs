@@ -329,7 +329,8 @@ pub struct DeviceCreated {
 pub struct Readiness {
     /// Every check is `ok`.
     pub ready: bool,
-    /// Check name (`store`, `quic_listener`, …) to `ok` or what is failing.
+    /// Check name (`store`, `quic_listener`, and `cluster` with `--etcd`) to `ok` or what
+    /// is failing.
     pub checks: BTreeMap<String, String>,
 }
 

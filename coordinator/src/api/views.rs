@@ -143,3 +143,75 @@ pub struct MapNode {
     /// Its recent election events.
     pub events: Vec<Event>,
 }
+
+/// `GET /api/v1/cluster`: the coordinators sharing this control plane. The cluster module
+/// builds it; the API reads it through this type, so the document and the answer agree
+/// (a shape the type does not describe is a 500, caught by the tests, not a silent drift).
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ClusterStatus {
+    /// `single` (no `--etcd`) or `etcd`.
+    pub mode: String,
+    /// This coordinator's `--name`.
+    #[serde(rename = "self")]
+    pub this: String,
+    /// The member that decides elections now (etcd's election); null while none does.
+    pub decider: Option<String>,
+    /// Every member known, up or down.
+    pub members: Vec<ClusterMember>,
+    /// etcd's health; null without `--etcd`.
+    pub etcd: Option<EtcdHealth>,
+}
+
+/// One coordinator of the cluster.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ClusterMember {
+    /// Its `--name` (the `colo_name` agents see).
+    pub name: String,
+    /// The `HOST:PORT`s agents dial.
+    pub public_addrs: Vec<String>,
+    /// Where its REST API listens.
+    pub api_addr: String,
+    /// When it (last) started.
+    #[schema(value_type = Timestamp)]
+    pub started_at: String,
+    /// `up` (holds its membership lease) or `down`.
+    pub status: String,
+    /// Whether it is the coordinator answering.
+    #[serde(rename = "self")]
+    pub this: bool,
+}
+
+/// etcd as this coordinator sees it.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct EtcdHealth {
+    /// The key prefix the cluster uses.
+    pub prefix: String,
+    /// A majority of the endpoints answer healthy.
+    pub healthy: bool,
+    /// Each endpoint.
+    pub endpoints: Vec<EtcdEndpoint>,
+}
+
+/// One etcd endpoint.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct EtcdEndpoint {
+    /// Its URL.
+    pub endpoint: String,
+    /// It answered without errors.
+    pub healthy: bool,
+    /// It is the etcd leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<bool>,
+    /// etcd's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The raft term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_term: Option<u64>,
+    /// Its revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// Why it is unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

@@ -229,6 +229,9 @@ pub struct FilterStatus {
     pub rules: Vec<String>,
     /// Packets that matched each policy (by id), `default_allow` and `default_drop`.
     pub matches: HashMap<String, u64>,
+    /// When the filter was put in force (or the attempt failed), ms since the Unix epoch.
+    #[serde(default)]
+    pub applied_unix_ms: u64,
 }
 
 impl FilterStatus {
@@ -256,6 +259,9 @@ impl FilterStatus {
                 })
                 .collect(),
             matches: HashMap::new(),
+            applied_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
     }
 }

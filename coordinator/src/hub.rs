@@ -345,6 +345,16 @@ impl Hub {
         self.routes.subscribe()
     }
 
+    /// A node or device was deleted: close its connections (idempotent; the hub's own
+    /// store watch does the same).
+    pub fn participant_deleted(&self, id: Id) {
+        self.input(Input::Deleted(id));
+    }
+
+    /// Nothing to do: the hub follows route changes through the store's watch
+    /// ([`tasks`]), whoever wrote them. Kept for the cluster follower.
+    pub fn routes_changed(&self) {}
+
     /// Every connected participant's id.
     pub fn participants(&self) -> Vec<Id> {
         self.lock().core.participants()

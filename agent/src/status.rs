@@ -51,10 +51,16 @@ pub struct StatusReport {
     pub holds_vip: bool,
     /// The XDP attach mode in effect: `native`, `skb` or `off`.
     pub xdp_mode: String,
+    /// Why `--xdp-mode auto` chose what it did, or what the chosen mode cannot do.
+    #[serde(default)]
+    pub xdp_note: Option<String>,
     /// The TUN device and its MTU.
     pub tun: String,
     /// The TUN device's MTU.
     pub tun_mtu: u32,
+    /// The health checks (`--health-target`), if any.
+    #[serde(default)]
+    pub health: crate::health::Report,
     /// The last role flip this agent applied.
     pub last_flip: Option<Flip>,
     /// Packet counters.
@@ -209,6 +215,19 @@ pub fn human(r: &StatusReport) -> String {
             "  lan          {lan}, gateway {vip} ({held}), xdp {}",
             r.xdp_mode
         );
+        if let Some(note) = &r.xdp_note {
+            let _ = writeln!(out, "  xdp note     {note}");
+        }
+    }
+    if r.health.state != "off" && !r.health.state.is_empty() {
+        let targets = r
+            .health
+            .targets
+            .iter()
+            .map(|(t, result)| format!("{t} {result}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(out, "  health       {}: {targets}", r.health.state);
     }
     let _ = writeln!(out, "  tun          {} (mtu {})", r.tun, r.tun_mtu);
     let routes = if r.routes.is_empty() {

@@ -23,8 +23,10 @@ pub(super) fn source(
     let xdp = plumbing.counter_source();
     let lease = plumbing.lease_source();
     let mode = agent.mode;
+    let health = agent.health.report_source();
     Arc::new(move || {
         let mut r = lock(&report).clone();
+        r.health = health();
         let now = Instant::now();
         let deadline = lease();
         if r.forwarding == "active" && mode == Mode::Node && deadline.is_none_or(|d| now >= d) {

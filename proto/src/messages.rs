@@ -66,17 +66,8 @@ pub enum HandoverReason {
     LinkDown,
 }
 
-/// A replica's role in its node's HA group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Role {
-    /// Holds the lease: forwards traffic between mesh and LAN while the lease is valid.
-    /// Devices are always `Active` with epoch 0.
-    Active,
-    /// Healthy and eligible for promotion; hairpins LAN traffic to the active.
-    Standby,
-    /// Must forward nothing and is not eligible for promotion (drained or deposed).
-    Fenced,
-}
+/// A replica's role in its node's HA group; the same type the XDP program enforces.
+pub use meshgate_common::Role;
 
 /// Heartbeat and lease timings, chosen by the coordinator and sent in [`Welcome`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,11 +29,19 @@ const PACKAGES: &[(&str, &str)] = &[
     ("socat", "socat"),
     ("procps", "pkill"),
     ("systemd", "systemd-analyze"),
+    // The console's browser test (Selenium drives Debian's chromedriver and Chromium)
+    // and `cargo xtask package`'s checks.
+    ("chromium", "chromium"),
+    ("chromium-driver", "chromedriver"),
+    ("lintian", "lintian"),
 ];
+/// PyPI packages the browser test imports, as `(pip requirement, module)`.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("selenium>=4.20", "selenium")];
 
 pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     debian_packages()?;
+    python_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
     eprintln!("==> setup done in {:.1?}", started.elapsed());
@@ -57,6 +65,40 @@ fn debian_packages() -> anyhow::Result<()> {
         return Ok(());
     }
     apt_install(&missing)
+}
+
+/// Installs the missing PyPI packages for the machine's `python3` (Selenium drives the
+/// console's browser test with the chromedriver Debian ships, so no driver is downloaded).
+fn python_packages() -> anyhow::Result<()> {
+    cmd::step("Python packages");
+    let missing: Vec<&str> = PYTHON_PACKAGES
+        .iter()
+        .filter(|(_, module)| {
+            cmd::output(Command::new("python3").args(["-c", &format!("import {module}")])).is_none()
+        })
+        .map(|(requirement, _)| *requirement)
+        .collect();
+    if missing.is_empty() {
+        eprintln!("    all present");
+        return Ok(());
+    }
+    cmd::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--root-user-action=ignore",
+            ])
+            .args(&missing),
+    )
+    .with_context(|| {
+        format!(
+            "failed to install {} with pip: PyPI must be reachable",
+            missing.join(" ")
+        )
+    })
 }
 
 /// The packages of `(package, program)` whose program is not installed.

@@ -82,10 +82,10 @@ pub(super) fn load_xdp(
     lan: &Lan,
     tun: &Tun,
     native_tx: &NativeTx,
-) -> anyhow::Result<(Option<Dataplane>, &'static str, Option<String>)> {
+) -> anyhow::Result<(Option<Dataplane>, XdpMode, Option<String>)> {
     if mode == XdpMode::Off {
         info!("XDP off: the kernel's routing tables alone carry the traffic");
-        return Ok((None, "off", None));
+        return Ok((None, XdpMode::Off, None));
     }
     let mut dp = Dataplane::load().context("failed to load the XDP program")?;
     dp.set_role(XdpRole::Fenced, 0)
@@ -108,12 +108,12 @@ pub(super) fn load_xdp(
                 warn!(iface = %lan.iface, "--xdp-mode native: {problem}; use auto or skb");
                 note = Some(format!("native as asked, but {problem}"));
             }
-            "native"
+            XdpMode::Native
         }
         XdpMode::Skb => {
             dp.attach(&lan.iface, AyaXdpMode::Skb)
                 .with_context(|| format!("failed to attach XDP to {} in skb mode", lan.iface))?;
-            "skb"
+            XdpMode::Skb
         }
         XdpMode::Auto | XdpMode::Off => {
             if let Some(problem) = tx_drops {
@@ -123,7 +123,7 @@ pub(super) fn load_xdp(
                 let why = format!("auto chose skb: {problem}");
                 warn!(iface = %lan.iface, "{why}");
                 note = Some(why);
-                "skb"
+                XdpMode::Skb
             } else {
                 match dp
                     .attach_auto(&lan.iface)
@@ -131,14 +131,14 @@ pub(super) fn load_xdp(
                 {
                     AyaXdpMode::Skb => {
                         note = Some("auto chose skb: the driver has no native XDP".into());
-                        "skb"
+                        XdpMode::Skb
                     }
-                    _ => "native",
+                    _ => XdpMode::Native,
                 }
             }
         }
     };
-    info!(iface = %lan.iface, mode = used, "XDP attached");
+    info!(iface = %lan.iface, mode = ?used, "XDP attached");
     Ok((Some(dp), used, note))
 }
 

@@ -26,13 +26,12 @@ use crate::{
     config::RunArgs,
     failover::{Action, Event, Failover, Forwarding, Mode},
     state_dir,
-    status::{self, StatusReport},
+    status::{self, ConnState, StatusReport},
 };
 use backoff::Backoff;
 use drain::DrainExit;
 use plumbing::Plumbing;
 use pump::PumpCounters;
-use report::role_name;
 
 /// Runs the agent until SIGTERM/SIGINT (after a drain) or a fatal error; removes what it
 /// added to the kernel on every exit path.
@@ -91,19 +90,19 @@ impl Agent {
         plumbing: &Plumbing,
     ) -> Self {
         let report = StatusReport {
-            kind: if mode == Mode::Node { "node" } else { "device" }.into(),
-            replica_id: replica_id.clone(),
-            role: "unknown".into(),
-            forwarding: "fenced".into(),
             lan_iface: args.lan_iface.clone(),
             gateway_ip: args.gateway_ip.map(|v| v.to_string()),
-            tun: args.tun.clone(),
+            xdp_note: plumbing.xdp_note(),
             connection: status::Connection {
-                state: "connecting".into(),
                 coordinator: token.addrs.first().cloned(),
                 ..Default::default()
             },
-            ..plumbing.report()
+            ..StatusReport::starting(
+                token.kind,
+                replica_id.clone(),
+                plumbing.xdp_mode(),
+                args.tun.clone(),
+            )
         };
         Self {
             token,
@@ -138,7 +137,7 @@ impl Agent {
         let mut refused: Option<Duration> = None;
         loop {
             attempt += 1;
-            self.set_connection("connecting", None);
+            self.set_connection(ConnState::Connecting, None);
             let mut opts = ConnectOptions::new(self.replica_id.clone());
             opts.lan = plumbing.lan_info();
             let connected = tokio::select! {
@@ -154,7 +153,7 @@ impl Agent {
                         Outcome::Shutdown => return Ok(()),
                         Outcome::Lost(why) => {
                             warn!(reason = %why, "lost the coordinator; reconnecting");
-                            self.set_connection("disconnected", Some(why));
+                            self.set_connection(ConnState::Disconnected, Some(why));
                             self.feed(plumbing, None, Event::Disconnected).await?;
                         }
                         Outcome::Refused(code, reason) => {
@@ -168,7 +167,7 @@ impl Agent {
                 }
                 Err(e) => {
                     warn!(attempt, error = %e, "cannot reach the coordinator; retrying");
-                    self.set_connection("disconnected", Some(e.to_string()));
+                    self.set_connection(ConnState::Disconnected, Some(e.to_string()));
                 }
             }
             // Wait before the next attempt, fencing on time if a lease runs out meanwhile.
@@ -217,7 +216,7 @@ impl Agent {
             r.connection.sessions += 1;
         }
         *lock(&self.conn) = Some(session.connection().clone());
-        self.set_connection("connected", None);
+        self.set_connection(ConnState::Connected, None);
         let gate = (self.mode == Mode::Node).then(|| pump::Gate {
             lease: Arc::new(plumbing.lease_source()),
             own: welcome.mesh_ip,
@@ -363,12 +362,12 @@ impl Agent {
         let forwarding = self.core.forwarding();
         if forwarding.role() != Role::Active {
             // Leaving the active role starts with XDP: say so before the slower steps.
-            lock(&self.report).forwarding = role_name(forwarding.role()).into();
+            lock(&self.report).forwarding = forwarding.role();
         }
         let flip = plumbing.apply(&actions, forwarding.epoch()).await?;
         let mut r = lock(&self.report);
-        r.role = role_name(self.core.role()).into();
-        r.forwarding = role_name(forwarding.role()).into();
+        r.role = Some(self.core.role());
+        r.forwarding = forwarding.role();
         r.epoch = forwarding.epoch();
         r.active_peer = match forwarding {
             Forwarding::Standby { active, .. } => active.map(|a| a.ip.to_string()),
@@ -400,7 +399,7 @@ impl Agent {
             "the coordinator refused this agent (a new token may be needed: see `meshgate-agent status`); retrying later"
         );
         self.set_connection(
-            "refused",
+            ConnState::Refused,
             Some(format!(
                 "the coordinator refused this agent: {reason} (code {}); retrying in {} s",
                 code.0,
@@ -410,10 +409,10 @@ impl Agent {
         delay
     }
 
-    fn set_connection(&self, state: &str, error: Option<String>) {
+    fn set_connection(&self, state: ConnState, error: Option<String>) {
         let mut r = lock(&self.report);
-        r.connection.state = state.into();
-        if error.is_some() || state == "connected" {
+        r.connection.state = state;
+        if error.is_some() || state == ConnState::Connected {
             r.connection.last_error = error;
         }
     }

@@ -12,19 +12,19 @@ use std::{
 
 use anyhow::Context;
 use ipnet::{IpNet, Ipv4Net};
-use meshgate_common::{Role as XdpRole, Verdict};
-use meshgate_proto::{LanInfo, Role, Token, datagram};
+use meshgate_common::Verdict;
+use meshgate_proto::{LanInfo, Token, datagram};
 use tracing::{info, warn};
 
 use crate::{
-    config::RunArgs,
+    config::{RunArgs, XdpMode},
     dataplane::Dataplane,
     failover::{Action, Mode, Table},
     garp,
     link_watch::LinkState,
     mss,
-    netlink::{DesiredRouting, Netlink, Routing, RoutingConfig, StandbyPath, Table as RtTable},
-    status::{Flip, StatusReport},
+    netlink::{DesiredRouting, Netlink, Routing, RoutingConfig, StandbyPath},
+    status::{Flip, Step},
     sysctl::Sysctls,
     tun::Tun,
     vip::VipKeeper,
@@ -45,7 +45,7 @@ pub struct Plumbing {
     tun: Arc<Tun>,
     lan: Option<Lan>,
     dataplane: Option<Arc<Mutex<Dataplane>>>,
-    xdp_mode: &'static str,
+    xdp_mode: XdpMode,
     xdp_note: Option<String>,
     route_ids: Arc<Mutex<BTreeMap<IpNet, u32>>>,
     sysctls: Sysctls,
@@ -99,9 +99,9 @@ impl Plumbing {
             mesh_ip: None,
             coordinator: coordinator_ip(token),
             selected: if mode == Mode::Node {
-                RtTable::Standby
+                Table::Standby
             } else {
-                RtTable::Active
+                Table::Active
             },
         };
         let mut routing = Routing::new(nl.clone(), config);
@@ -121,7 +121,7 @@ impl Plumbing {
                     .with_context(|| format!("failed to inspect {}", lan.iface))?;
                 load_xdp(args.xdp_mode, lan, &tun, &native_tx)?
             }
-            None => (None, "off", None),
+            None => (None, XdpMode::Off, None),
         };
         Ok(Self {
             mode,
@@ -164,14 +164,14 @@ impl Plumbing {
         self.vip_held
     }
 
-    /// The static part of the status report.
-    pub fn report(&self) -> StatusReport {
-        StatusReport {
-            xdp_mode: self.xdp_mode.into(),
-            xdp_note: self.xdp_note.clone(),
-            tun: self.tun.name().into(),
-            ..Default::default()
-        }
+    /// The XDP attach mode in effect (never `auto`).
+    pub fn xdp_mode(&self) -> XdpMode {
+        self.xdp_mode
+    }
+
+    /// Why `--xdp-mode auto` chose the mode in effect, or what the mode cannot do.
+    pub fn xdp_note(&self) -> Option<String> {
+        self.xdp_note.clone()
     }
 
     /// Gives the TUN the Mesh IP and the largest MTU the QUIC path carries; returns the MTU.
@@ -255,7 +255,7 @@ impl Plumbing {
             if matches!(action, Action::AcquireVip) && self.vip_held {
                 let step = Instant::now();
                 self.announce_vip();
-                steps.push(("garp".into(), micros(step.elapsed())));
+                steps.push((Step::Garp, micros(step.elapsed())));
             }
         }
         let flipped = actions.iter().any(|a| {
@@ -270,7 +270,7 @@ impl Plumbing {
         let duration_us = micros(started.elapsed());
         info!(epoch, to = ?to, duration_us, steps = ?steps, "flip applied");
         Ok(Some(Flip {
-            to: format!("{to:?}").to_lowercase(),
+            to,
             epoch,
             duration_us,
             steps,
@@ -279,7 +279,7 @@ impl Plumbing {
         }))
     }
 
-    async fn apply_one(&mut self, action: &Action) -> anyhow::Result<Option<String>> {
+    async fn apply_one(&mut self, action: &Action) -> anyhow::Result<Option<Step>> {
         Ok(Some(match action {
             Action::InstallRoutes(routes) => {
                 self.desired.prefixes = routes.iter().copied().map(IpNet::V4).collect();
@@ -293,7 +293,7 @@ impl Plumbing {
                         .replace_routes(&ids)
                         .context("failed to write the mesh routes to XDP")?;
                 }
-                "routes".into()
+                Step::Routes
             }
             Action::SetActivePeer(peer) => {
                 self.desired.standby = match (peer, &self.lan) {
@@ -312,7 +312,7 @@ impl Plumbing {
                         .set_active_mac(p.mac)
                         .context("failed to write the active's MAC to XDP")?;
                 }
-                "standby-peer".into()
+                Step::StandbyPeer
             }
             Action::SetHairpin(peer) => {
                 let Some(dp) = &self.dataplane else {
@@ -321,33 +321,24 @@ impl Plumbing {
                 lock(dp)
                     .set_active_mac(peer.mac)
                     .context("failed to write the active's MAC to XDP")?;
-                "hairpin".into()
+                Step::Hairpin
             }
             Action::SetXdpRole { role, epoch } => {
                 let Some(dp) = &self.dataplane else {
                     return Ok(None);
                 };
-                let xdp_role = match role {
-                    Role::Active => XdpRole::Active,
-                    Role::Standby => XdpRole::Standby,
-                    Role::Fenced => XdpRole::Fenced,
-                };
                 lock(dp)
-                    .set_role(xdp_role, *epoch)
+                    .set_role(*role, *epoch)
                     .context("failed to set the XDP role")?;
-                "xdp-role".into()
+                Step::XdpRole
             }
             Action::SelectTable(table) => {
-                let to = match table {
-                    Table::Active => RtTable::Active,
-                    Table::Standby => RtTable::Standby,
-                };
-                self.desired.selected = to;
+                self.desired.selected = *table;
                 self.routing
-                    .flip(to)
+                    .flip(*table)
                     .await
                     .context("failed to flip the routing table")?;
-                "route-flip".into()
+                Step::RouteFlip
             }
             Action::AcquireVip => {
                 let Some((iface, vip)) = self.vip() else {
@@ -359,7 +350,7 @@ impl Plumbing {
                     .await
                     .context("failed to add the VIP")?;
                 self.vip_held = true;
-                "vip-acquire".into()
+                Step::VipAcquire
             }
             Action::ReleaseVip => {
                 let Some((iface, vip)) = self.vip() else {
@@ -371,7 +362,7 @@ impl Plumbing {
                     .await
                     .context("failed to remove the VIP")?;
                 self.vip_held = false;
-                "vip-release".into()
+                Step::VipRelease
             }
             Action::RequestHandover(_) => return Ok(None),
         }))

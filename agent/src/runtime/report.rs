@@ -29,13 +29,13 @@ pub(super) fn source(
         r.health = health();
         let now = Instant::now();
         let deadline = lease();
-        if r.forwarding == "active" && mode == Mode::Node && deadline.is_none_or(|d| now >= d) {
+        if r.forwarding == Role::Active && mode == Mode::Node && deadline.is_none_or(|d| now >= d) {
             // The lease ran out and the core has not fenced yet (this process was frozen
             // until a moment ago): XDP already drops, and nothing forwards.
-            r.forwarding = "fenced".into();
+            r.forwarding = Role::Fenced;
         }
         r.lease_remaining_ms = deadline
-            .filter(|_| r.forwarding == "active" && mode == Mode::Node)
+            .filter(|_| r.forwarding == Role::Active && mode == Mode::Node)
             .map(|d| d.saturating_duration_since(now).as_millis() as u64);
         r.connection.rtt_ms = lock(&conn).as_ref().map(|c| c.rtt().as_secs_f64() * 1000.0);
         r.counters.tun_to_mesh = counters.tun_to_mesh.load(Ordering::Relaxed);
@@ -47,13 +47,4 @@ pub(super) fn source(
         }
         r
     })
-}
-
-/// A role as `status` names it.
-pub(super) fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Active => "active",
-        Role::Standby => "standby",
-        Role::Fenced => "fenced",
-    }
 }

@@ -33,15 +33,15 @@ fn parse_id(what: &str, s: &str) -> Result<Id, ApiError> {
     })
 }
 
-fn node_json(n: &NodeRecord) -> serde_json::Value {
+pub(super) fn node_json(n: &NodeRecord) -> serde_json::Value {
     json!({"id": n.id.to_string(), "name": n.name, "ha": n.ha, "created_at": n.created_at})
 }
 
-fn route_json(r: &RouteRecord) -> serde_json::Value {
+pub(super) fn route_json(r: &RouteRecord) -> serde_json::Value {
     json!({"id": r.id.to_string(), "network": r.network.to_string(), "comment": r.comment, "node_id": r.node_id.to_string(), "created_at": r.created_at})
 }
 
-fn device_json(d: &DeviceRecord) -> serde_json::Value {
+pub(super) fn device_json(d: &DeviceRecord) -> serde_json::Value {
     json!({"id": d.id.to_string(), "name": d.name, "mesh_ip": d.mesh_ip.to_string(), "created_at": d.created_at})
 }
 

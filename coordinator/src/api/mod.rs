@@ -2,7 +2,9 @@
 //! public probes `/ready` and `/metrics`. Resource handlers live in [`handlers`].
 
 mod handlers;
+mod map;
 mod openapi;
+mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -191,9 +193,11 @@ async fn not_found() -> ApiError {
 pub fn router(api: Arc<Api>) -> Router {
     let protected = handlers::routes()
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/map", get(map::map))
         .layer(middleware::from_fn_with_state(api.clone(), auth));
     Router::new()
         .merge(protected)
+        .merge(ui::routes())
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

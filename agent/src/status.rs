@@ -71,6 +71,9 @@ pub struct StatusReport {
     pub last_flip: Option<Flip>,
     /// Packet counters.
     pub counters: Counters,
+    /// The network-policy filter this agent enforces, once the coordinator sent one.
+    #[serde(default)]
+    pub filter: Option<crate::policy::FilterStatus>,
 }
 
 impl StatusReport {
@@ -98,6 +101,7 @@ impl StatusReport {
             health: crate::health::Report::default(),
             last_flip: None,
             counters: Counters::default(),
+            filter: None,
         }
     }
 }
@@ -385,6 +389,9 @@ pub fn human(r: &StatusReport) -> String {
     }
     if !k.xdp_routes.is_empty() {
         let _ = writeln!(out, "  per route    {}", join(&k.xdp_routes));
+    }
+    if let Some(f) = &r.filter {
+        crate::policy::human(&mut out, f);
     }
     out
 }

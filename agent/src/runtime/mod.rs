@@ -47,6 +47,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .supervise(&mut plumbing)
         .await;
     plumbing.cleanup().await;
+    crate::policy_task::Enforcer::remove();
     result
 }
 
@@ -79,6 +80,7 @@ struct Agent {
     local_prefixes: Vec<Ipv4Net>,
     refusals: Backoff,
     health: crate::health::watch::HealthWatch,
+    policy: crate::policy_task::Enforcer,
 }
 
 impl Agent {
@@ -123,6 +125,7 @@ impl Agent {
                 Duration::from_millis(args.refused_retry_ms),
                 Duration::from_millis(args.refused_retry_ms).max(REFUSED_RETRY_MAX),
             ),
+            policy: crate::policy_task::Enforcer::start(args.tun.clone()),
         }
     }
 
@@ -231,6 +234,7 @@ impl Agent {
         let first = status_rx.borrow_and_update().clone();
         self.feed_status(plumbing, &session, &first, welcome.id)
             .await?;
+        let mut filter_report = tokio::time::interval(FILTER_REPORT_EVERY);
         let outcome = loop {
             let deadline = self
                 .core
@@ -255,6 +259,7 @@ impl Agent {
                         break Outcome::Refused(code, reason);
                     }
                     Some(CoordMsg::HandoverDone { epoch }) => info!(epoch, "handover done"),
+                    Some(CoordMsg::Filter(f)) => self.policy.receive(*f),
                     Some(_) => {}
                 },
                 _ = sleep_until_opt(deadline) => self.feed(plumbing, Some(&session), Event::Tick).await?,
@@ -284,6 +289,9 @@ impl Agent {
                     break Outcome::Shutdown;
                 }
                 _ = sleep_until_opt(drain_poll) => {}
+                _ = filter_report.tick() => if let Some(c) = self.policy.report() {
+                    session.report_filter_counters(c);
+                },
             }
             if self.core.draining()
                 && self.drain_exit.may_leave(
@@ -417,6 +425,9 @@ impl Agent {
         }
     }
 }
+
+/// How often the policy filter's counters go to the coordinator.
+const FILTER_REPORT_EVERY: Duration = Duration::from_secs(3);
 
 /// Refusals about the token or the agent itself, which a coordinator only reverses when
 /// its operator fixes something (a restored store, a recreated node, an upgrade). The

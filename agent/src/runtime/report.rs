@@ -24,6 +24,7 @@ pub(super) fn source(
     let lease = plumbing.lease_source();
     let mode = agent.mode;
     let health = agent.health.report_source();
+    let filter = agent.policy.status();
     Arc::new(move || {
         let mut r = lock(&report).clone();
         r.health = health();
@@ -41,6 +42,7 @@ pub(super) fn source(
         r.counters.tun_to_mesh = counters.tun_to_mesh.load(Ordering::Relaxed);
         r.counters.mesh_to_tun = counters.mesh_to_tun.load(Ordering::Relaxed);
         r.counters.dropped = counters.dropped();
+        r.filter = filter();
         if let Some((verdicts, routes)) = xdp() {
             r.counters.xdp_verdicts = verdicts;
             r.counters.xdp_routes = routes;

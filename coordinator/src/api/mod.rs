@@ -4,6 +4,7 @@
 mod handlers;
 mod map;
 mod openapi;
+mod policies;
 mod ui;
 
 use std::sync::Arc;
@@ -155,7 +156,8 @@ fn replica_census(api: &Api) -> (usize, Vec<(String, &'static str, usize)>) {
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
     let (participants, replicas) = replica_census(&api);
-    let text = api.hub.metrics.prometheus(participants, &replicas);
+    let mut text = api.hub.metrics.prometheus(participants, &replicas);
+    text.push_str(&policies::prometheus(&api));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -192,6 +194,7 @@ async fn not_found() -> ApiError {
 /// The router.
 pub fn router(api: Arc<Api>) -> Router {
     let protected = handlers::routes()
+        .merge(policies::routes())
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/map", get(map::map))
         .layer(middleware::from_fn_with_state(api.clone(), auth));

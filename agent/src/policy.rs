@@ -14,7 +14,8 @@
 //!   stops at its next packet.
 //! * TCP flows are picked up mid-stream (`nf_conntrack_tcp_loose`, on by default): after
 //!   a failover the new active checks an established flow's next packet and marks it.
-//! * The ruleset is replaced in one `nft -f` transaction; conntrack is left alone.
+//! * The rules are replaced in one `nft -f` transaction (the table, its chains and its
+//!   named counters stay); conntrack is left alone.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -119,32 +120,71 @@ fn matches(r: &FilterRule) -> String {
     m
 }
 
-/// The whole nft script that replaces the table with `f`, under `generation` (nonzero).
-/// `None` when the filter enforces nothing (no rules, default allow): the table goes.
-pub fn render(tun: &str, f: &Filter, generation: u32) -> Option<String> {
-    let mut s = format!("add table ip {TABLE}\ndelete table ip {TABLE}\n");
+/// The name of a policy's counter object: `p_` and the id's 32 hex digits.
+pub fn counter_name(policy: &Id) -> String {
+    let hex: String = policy.0.iter().map(|b| format!("{b:02x}")).collect();
+    format!("p_{hex}")
+}
+
+/// The counter of the default verdict.
+fn default_counter(allow: bool) -> &'static str {
+    if allow {
+        "default_allow"
+    } else {
+        "default_drop"
+    }
+}
+
+/// The whole nft script that puts `f` in force under `generation` (nonzero), replacing
+/// the chains' rules in one transaction. Counters are named objects that outlive the
+/// replacement, so nothing has to be read before it; `stale` are counters of policies
+/// the filter no longer has, deleted in the same transaction. `None` when the filter
+/// enforces nothing (no rules, default allow): the table goes ([`render_remove`]).
+pub fn render(tun: &str, f: &Filter, generation: u32, stale: &[String]) -> Option<String> {
     if f.rules.is_empty() && f.default_allow {
         return None;
     }
-    let _ = writeln!(s, "table ip {TABLE} {{");
+    let t = format!("ip {TABLE}");
+    let mut s = format!("add table {t}\n");
     for hook in ["input", "forward"] {
         let _ = writeln!(
             s,
-            "  chain {hook} {{\n    type filter hook {hook} priority filter; policy accept;\n    iifname \"{tun}\" jump from_mesh\n  }}"
+            "add chain {t} {hook} {{ type filter hook {hook} priority filter; policy accept; }}"
         );
     }
-    let _ = writeln!(s, "  chain from_mesh {{");
-    let _ = writeln!(s, "    ct direction reply accept");
-    let _ = writeln!(s, "    ct state related accept");
-    let _ = writeln!(s, "    ct state established ct mark {generation:#x} accept");
+    let _ = writeln!(s, "add chain {t} from_mesh");
+    for chain in ["input", "forward", "from_mesh"] {
+        let _ = writeln!(s, "flush chain {t} {chain}");
+    }
+    let mut counters: Vec<String> = f.rules.iter().map(|r| counter_name(&r.policy)).collect();
+    counters.extend(["default_allow".into(), "default_drop".into()]);
+    counters.sort();
+    counters.dedup();
+    for c in &counters {
+        let _ = writeln!(s, "add counter {t} {c}");
+    }
+    for c in stale.iter().filter(|c| !counters.contains(c)) {
+        let _ = writeln!(s, "delete counter {t} {c}");
+    }
+    for hook in ["input", "forward"] {
+        let _ = writeln!(s, "add rule {t} {hook} iifname \"{tun}\" jump from_mesh");
+    }
+    let rule = |s: &mut String, r: &str| {
+        let _ = writeln!(s, "add rule {t} from_mesh {r}");
+    };
+    rule(&mut s, "ct direction reply accept");
+    rule(&mut s, "ct state related accept");
+    rule(
+        &mut s,
+        &format!("ct state established ct mark {generation:#x} accept"),
+    );
     let allow = format!("ct mark set {generation:#x} accept");
     for r in &f.rules {
         let verdict = if r.allow { allow.as_str() } else { "drop" };
-        let _ = writeln!(
-            s,
-            "    {}counter {verdict} comment \"p:{}\"",
-            matches(r),
-            r.policy
+        let c = counter_name(&r.policy);
+        rule(
+            &mut s,
+            &format!("{}counter name \"{c}\" {verdict}", matches(r)),
         );
     }
     let default = if f.default_allow {
@@ -152,8 +192,8 @@ pub fn render(tun: &str, f: &Filter, generation: u32) -> Option<String> {
     } else {
         "drop"
     };
-    let _ = writeln!(s, "    counter {default} comment \"default\"");
-    let _ = writeln!(s, "  }}\n}}");
+    let c = default_counter(f.default_allow);
+    rule(&mut s, &format!("counter name \"{c}\" {default}"));
     Some(s)
 }
 
@@ -162,22 +202,16 @@ pub fn render_remove() -> String {
     format!("add table ip {TABLE}\ndelete table ip {TABLE}\n")
 }
 
-/// Packet counts by rule comment (`p:ID` or `default`), from `nft -j list table`.
+/// Packet counts by counter name, from `nft -j list counters table ip meshgate_policy`
+/// (listing only the counter objects is several times cheaper than the whole table).
 pub fn parse_counters(json: &str) -> anyhow::Result<HashMap<String, u64>> {
     let v: serde_json::Value = serde_json::from_str(json).context("nft printed no JSON")?;
     let mut out = HashMap::new();
     for item in v["nftables"].as_array().into_iter().flatten() {
-        let rule = &item["rule"];
-        let Some(comment) = rule["comment"].as_str() else {
-            continue;
-        };
-        let packets: u64 = rule["expr"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["counter"]["packets"].as_u64())
-            .sum();
-        *out.entry(comment.to_owned()).or_default() += packets;
+        let c = &item["counter"];
+        if let (Some(name), Some(packets)) = (c["name"].as_str(), c["packets"].as_u64()) {
+            out.insert(name.to_owned(), packets);
+        }
     }
     Ok(out)
 }
@@ -193,8 +227,11 @@ pub struct FilterStatus {
     pub default_action: String,
     /// The rules in force, in order: `allow|block <policy>: <matches>`.
     pub rules: Vec<String>,
-    /// Packets that matched each rule's policy (or `default`).
+    /// Packets that matched each policy (by id), `default_allow` and `default_drop`.
     pub matches: HashMap<String, u64>,
+    /// When the filter was put in force (or the attempt failed), ms since the Unix epoch.
+    #[serde(default)]
+    pub applied_unix_ms: u64,
 }
 
 impl FilterStatus {
@@ -222,6 +259,9 @@ impl FilterStatus {
                 })
                 .collect(),
             matches: HashMap::new(),
+            applied_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
     }
 }
@@ -258,52 +298,35 @@ pub fn human(out: &mut String, f: &FilterStatus) {
     );
 }
 
-/// Cumulative counters: those of replaced rulesets plus the table's current ones.
+/// Cumulative counters by counter name: what the table counts now plus what counters
+/// that were deleted or recreated (a removed policy, the table removed) had counted.
 #[derive(Debug, Default)]
 pub struct Totals {
     base: HashMap<String, u64>,
-    current: HashMap<String, u64>,
-    default_allow: bool,
+    last: HashMap<String, u64>,
 }
 
 impl Totals {
-    /// The table is about to be replaced: keep what it counted.
-    pub fn fold(&mut self, default_allow: bool) {
-        for (k, v) in self.current.drain() {
-            let key = if k == "default" {
-                if self.default_allow {
-                    "default_allow"
-                } else {
-                    "default_drop"
-                }
-                .to_owned()
-            } else {
-                k
-            };
-            *self.base.entry(key).or_default() += v;
+    /// A fresh reading of the table's counters (empty once the table is gone).
+    pub fn observe(&mut self, now: HashMap<String, u64>) {
+        for (k, old) in self.last.drain() {
+            if now.get(&k).is_none_or(|n| *n < old) {
+                *self.base.entry(k).or_default() += old;
+            }
         }
-        self.default_allow = default_allow;
+        self.last = now;
     }
 
-    /// The live table's counts.
-    pub fn set_current(&mut self, c: HashMap<String, u64>) {
-        self.current = c;
+    /// The counters of the table now (to delete those a new filter does not use).
+    pub fn names(&self) -> Vec<String> {
+        self.last.keys().cloned().collect()
     }
 
-    /// Everything, by `p:ID`, `default_allow`, `default_drop`.
+    /// Everything, by counter name.
     pub fn all(&self) -> HashMap<String, u64> {
         let mut out = self.base.clone();
-        for (k, v) in &self.current {
-            let key = if k == "default" {
-                if self.default_allow {
-                    "default_allow"
-                } else {
-                    "default_drop"
-                }
-            } else {
-                k
-            };
-            *out.entry(key.to_owned()).or_default() += v;
+        for (k, v) in &self.last {
+            *out.entry(k.clone()).or_default() += v;
         }
         out
     }
@@ -318,7 +341,7 @@ impl Totals {
         };
         c.policies = all
             .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("p:")?.parse::<Id>().ok()?, *v)))
+            .filter_map(|(k, v)| Some((k.strip_prefix("p_")?.parse::<Id>().ok()?, *v)))
             .collect();
         c.policies.sort();
         c

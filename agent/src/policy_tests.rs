@@ -44,21 +44,30 @@ fn renders_rules_in_order_after_the_state_checks() {
         ],
         false,
     );
-    let s = render("mg0", &f, 0x42).unwrap();
-    let lines: Vec<&str> = s.lines().map(str::trim).collect();
+    let stale = vec![counter_name(&Id([9; 16])), counter_name(&Id([1; 16]))];
+    let s = render("mg0", &f, 0x42, &stale).unwrap();
+    let lines: Vec<&str> = s.lines().collect();
     let at = |needle: &str| {
         lines
             .iter()
-            .position(|l| l.starts_with(needle))
+            .position(|l| l.contains(needle))
             .unwrap_or_else(|| panic!("{needle} in {s}"))
     };
-    assert!(at("ct direction reply accept") < at("ct state established ct mark 0x42 accept"));
-    let block = at("ip saddr { 100.96.0.5/32 } ip daddr { 192.168.50.0/24 } counter drop");
-    let allow = at(
-        "ip daddr { 192.168.50.0/24 } meta l4proto { tcp, udp } th dport { 20-30, 8000-8100 } counter ct mark set 0x42 accept",
+    let (p1, p2) = (counter_name(&Id([1; 16])), counter_name(&Id([2; 16])));
+    assert!(
+        at("flush chain ip meshgate_policy from_mesh") < at("from_mesh ct direction reply accept")
     );
+    assert!(
+        at("from_mesh ct direction reply accept") < at("ct state established ct mark 0x42 accept")
+    );
+    let block = at(&format!(
+        "from_mesh ip saddr {{ 100.96.0.5/32 }} ip daddr {{ 192.168.50.0/24 }} counter name \"{p1}\" drop"
+    ));
+    let allow = at(&format!(
+        "from_mesh ip daddr {{ 192.168.50.0/24 }} meta l4proto {{ tcp, udp }} th dport {{ 20-30, 8000-8100 }} counter name \"{p2}\" ct mark set 0x42 accept"
+    ));
     assert!(at("ct state established") < block && block < allow);
-    assert!(allow < at("counter drop comment \"default\""));
+    assert!(allow < at("from_mesh counter name \"default_drop\" drop"));
     assert_eq!(
         lines
             .iter()
@@ -66,16 +75,36 @@ fn renders_rules_in_order_after_the_state_checks() {
             .count(),
         2
     );
-    assert!(s.starts_with("add table ip meshgate_policy\ndelete table ip meshgate_policy\n"));
+    assert!(at(&format!("add counter ip meshgate_policy {p1}")) < block);
+    let deleted: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("delete counter"))
+        .collect();
+    assert_eq!(
+        deleted,
+        [&format!(
+            "delete counter ip meshgate_policy {}",
+            counter_name(&Id([9; 16]))
+        )
+        .as_str()]
+    );
+    assert!(
+        !s.contains("delete table"),
+        "a replacement keeps the table and its counters"
+    );
 }
 
 #[test]
 fn nothing_to_enforce_removes_the_table() {
-    assert_eq!(render("mg0", &filter(vec![], true), 1), None);
+    assert_eq!(render("mg0", &filter(vec![], true), 1, &[]), None);
     assert!(
-        render("mg0", &filter(vec![], false), 1)
+        render("mg0", &filter(vec![], false), 1, &[])
             .unwrap()
-            .contains("counter drop comment \"default\"")
+            .contains("counter name \"default_drop\" drop")
+    );
+    assert_eq!(
+        render_remove(),
+        "add table ip meshgate_policy\ndelete table ip meshgate_policy\n"
     );
 }
 
@@ -120,19 +149,23 @@ fn assembly_waits_for_every_chunk_of_one_digest() {
 }
 
 #[test]
-fn counters_parse_and_survive_a_replacement() {
+fn counters_parse_and_survive_a_recreation() {
     let id = Id([5; 16]);
+    let name = counter_name(&id);
     let json = format!(
-        r#"{{"nftables":[{{"metainfo":{{}}}},{{"rule":{{"chain":"from_mesh","comment":"p:{id}","expr":[{{"match":{{}}}},{{"counter":{{"packets":4,"bytes":240}}}},{{"drop":null}}]}}}},{{"rule":{{"chain":"from_mesh","comment":"default","expr":[{{"counter":{{"packets":2,"bytes":1}}}}]}}}},{{"rule":{{"chain":"input","expr":[]}}}}]}}"#
+        r#"{{"nftables":[{{"metainfo":{{}}}},{{"counter":{{"family":"ip","name":"{name}","table":"meshgate_policy","packets":4,"bytes":240}}}},{{"counter":{{"name":"default_drop","packets":2,"bytes":1}}}}]}}"#
     );
     let c = parse_counters(&json).unwrap();
-    assert_eq!(c[&format!("p:{id}")], 4);
+    assert_eq!(c[&name], 4);
     let mut t = Totals::default();
-    t.fold(false);
-    t.set_current(c.clone());
-    t.fold(true); // replaced: the old table counted default drops
-    t.set_current(HashMap::from([("default".to_string(), 3)]));
+    t.observe(c);
+    t.observe(HashMap::new()); // the table was removed
+    t.observe(HashMap::from([
+        (name.clone(), 1),
+        ("default_allow".to_string(), 3),
+    ]));
     let r = t.report();
-    assert_eq!(r.policies, vec![(id, 4)]);
+    assert_eq!(r.policies, vec![(id, 5)]);
     assert_eq!((r.default_drops, r.default_allows), (2, 3));
+    assert_eq!(counter_name(&id).len(), 34);
 }

@@ -1,7 +1,7 @@
 //! HA election for one node's replicas: a deterministic state machine with an injected
 //! clock and no I/O (`handle(now, event) -> Vec<Action>`), driven by the QUIC layer.
 //!
-//! # Rules (issue 3)
+//! # Rules
 //!
 //! * The first replica to connect is active; later ones are standbys.
 //! * The active holds a lease in the current epoch, renewed (from *receipt*) by each of

@@ -117,7 +117,8 @@ fn backend(a: &Serve) -> Result<Backend> {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            // One variable for both binaries, named like their other settings.
+            EnvFilter::try_from_env("MESHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -176,6 +177,7 @@ async fn serve(a: Serve) -> Result<()> {
     let cluster = match etcd {
         None => Cluster::single(me),
         Some((etcd, meta)) => {
+            tokio::spawn(cluster::follow(hub.registry.store().clone(), hub.clone()));
             let membership = Membership::start(etcd, meta, &a.etcd_prefix, &me);
             Cluster::on_etcd(me, Arc::new(membership))
         }

@@ -1,7 +1,7 @@
 //! The UDP socket under an agent's QUIC endpoint, with buffers sized for a tunnel. The
 //! kernel's default (about 208 KiB) overflows in a few milliseconds at a few hundred
 //! Mbit/s whenever the agent is not scheduled at once, and every overflow is a lost
-//! tunnelled packet (the throughput benchmark, issue 7 row 2, lost about 1% of a
+//! tunnelled packet (the throughput benchmark, row 2, lost about 1% of a
 //! 250 Mbit/s UDP flow that way). The coordinator sizes its own socket the same way
 //! (`coordinator/src/quic.rs`); an agent has CAP_NET_ADMIN, so it can go past
 //! `net.core.rmem_max`, as wireguard-go does.

@@ -114,7 +114,7 @@ impl Lab {
             .args(["--api-listen", API_ADDR])
             .args(["--public-addr", &format!("{COORDINATOR_IP}:{QUIC_PORT}")])
             .args(&self.extra_args)
-            .env("RUST_LOG", "info");
+            .env("MESHGATE_LOG", "info");
         let starts = self.coordinator.as_ref().map_or(0, |_| 1);
         let log = self.log(&format!("coordinator-{starts}"));
         self.coordinator = Some(self.coord.spawn("coordinator", cmd, &log)?);

@@ -1,4 +1,4 @@
-//! Row 5 of issue 7, coordinator scale (root; run by `cargo xtask bench`): a real
+//! Benchmark row 5, coordinator scale (root; run by `cargo xtask bench`): a real
 //! `meshgate-coordinator` in the lab's namespace and N real QUIC replicas simulated in
 //! this one process — `proto` sessions over a few shared UDP endpoints in a client
 //! namespace. For N = 100 and 1,000 (and 5,000 without `--quick`; N/2 HA nodes × 2

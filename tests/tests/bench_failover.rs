@@ -1,4 +1,4 @@
-//! Issue 7, row 1: failover outage, inbound (device → LAN host) and outbound (LAN host →
+//! Benchmark row 1: failover outage, inbound (device → LAN host) and outbound (LAN host →
 //! device) separately, for `kill -9`, `SIGSTOP` and LAN link down of the active replica,
 //! packets lost in a graceful handover, and where the `kill -9` time goes. The reference
 //! is keepalived (VRRP, default timers) on the same shape of topology, with the same
@@ -19,7 +19,7 @@ const ROW: u8 = 1;
 const REPRODUCE: &str = "cargo xtask bench (or, as root after a release build: \
     MESHGATE_BIN_DIR=$PWD/target/release cargo test --release -p meshgate-tests \
     --test bench_failover -- --ignored bench_ --test-threads=1 --nocapture)";
-/// issue 7's bound for a `kill -9` (on the p99; the report's target column checks medians).
+/// The design's bound for a `kill -9`, on the p99 (the report's target column checks medians).
 const KILL_TARGET_MS: f64 = 300.0;
 /// How long a frozen agent stays stopped: well past the 250 ms lease.
 const FREEZE: Duration = Duration::from_millis(1000);
@@ -93,7 +93,7 @@ fn bench_failover_kill9() -> anyhow::Result<()> {
     require_runs("kill -9", &trials)?;
     let note = trials.note(&format!(
         "per-trial longest gap in 500/s numbered UDP probes (a datagram over 100 ms late \
-         counts as lost); issue 7's target is p99 ≤ {KILL_TARGET_MS} ms (the report's p99 \
+         counts as lost); the target is p99 ≤ {KILL_TARGET_MS} ms (the report's p99 \
          column); replicas alternate"
     ));
     outage_figures(

@@ -1,4 +1,4 @@
-//! Row 4 of issue 7, route sync (root; run by `cargo xtask bench`):
+//! Benchmark row 4, route sync (root; run by `cargo xtask bench`):
 //!
 //! * the time the agent's netlink code (`Routing::reconcile`, what the runtime calls)
 //!   takes to install 10,000 mesh routes — each in the ACTIVE and the STANDBY table, so

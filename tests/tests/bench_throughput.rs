@@ -1,4 +1,4 @@
-//! Issue 7, row 2: single-stream TCP and UDP throughput (iperf3), device → LAN host ("up")
+//! Benchmark row 2: single-stream TCP and UDP throughput (iperf3), device → LAN host ("up")
 //! and back ("down"), through meshgate, compared side by side in one run with plain
 //! routing through the same shape of namespaces (the ceiling) and with point-to-point
 //! userspace WireGuard tunnels: boringtun-cli and wireguard-go. Rounds interleave the

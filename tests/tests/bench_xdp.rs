@@ -1,4 +1,4 @@
-//! Row 3 of issue 7, the XDP dataplane (root; run by `cargo xtask bench`):
+//! Benchmark row 3, the XDP dataplane (root; run by `cargo xtask bench`):
 //!
 //! * classify cost in ns/packet through `BPF_PROG_TEST_RUN` `repeat` (the kernel's own
 //!   mean per run) for `xdp_gateway` in the agent's default configuration (kernel-route
@@ -28,7 +28,7 @@ use packet::*;
 
 const ROW: u8 = 3;
 const REPRODUCE: &str = "cargo xtask bench --only xdp";
-/// The goal at 10,000 routes (issue 7).
+/// The per-packet goal at 10,000 routes.
 const TARGET_NS: f64 = 100.0;
 
 fn net(s: &str) -> IpNet {

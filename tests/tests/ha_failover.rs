@@ -1,4 +1,4 @@
-//! Issue 6's failover scenarios end to end: a replica of the HA node is killed, frozen,
+//! The failover scenarios end to end: a replica of the HA node is killed, frozen,
 //! cut off or drained while numbered UDP probes run both ways between the device and the
 //! LAN host; the standby must take over in both directions, never with two actives.
 //!

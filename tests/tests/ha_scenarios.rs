@@ -1,4 +1,4 @@
-//! End-to-end scenarios of the HA gateway (issue 6), in namespaces: connectivity between
+//! End-to-end scenarios of the HA gateway, in namespaces: connectivity between
 //! devices, LAN hosts and two subnets (a), a coordinator killed and restarted (f), every
 //! replica down and one back (g), anti-spoofing at XDP and at the relay (i), and path MTU
 //! (j). Each test builds its own topology ([`Ha`]); the guards tear it down.

@@ -45,8 +45,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("chromium-driver", "chromedriver"),
     ("lintian", "lintian"),
 ];
-/// PyPI packages the browser test imports, as `(pip requirement, module)`.
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("selenium>=4.20", "selenium")];
+/// PyPI packages the tests use, as `(pip requirement, module)`: Selenium for the
+/// console's browser test, schemathesis to check the API against its OpenAPI document.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("selenium>=4.20", "selenium"),
+    ("schemathesis>=4,<5", "schemathesis"),
+];
 
 pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();

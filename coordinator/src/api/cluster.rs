@@ -6,11 +6,29 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{Api, ok};
+use super::schema::{Denied, Envelope, Reply, ok};
+use super::views::ClusterStatus;
+use super::{Api, ApiError};
 
-/// The handler.
-pub(super) async fn cluster(State(api): State<Arc<Api>>) -> Response {
-    ok(StatusCode::OK, api.cluster.status().await)
+#[utoipa::path(get, path = "/api/v1/cluster", tag = "cluster", security(("bearer" = [])),
+    responses((status = 200, description = "The members, the decider and etcd's health",
+        body = Envelope<ClusterStatus>), Denied))]
+async fn cluster(State(api): State<Arc<Api>>) -> Result<Reply<ClusterStatus>, ApiError> {
+    let status = serde_json::from_value(api.cluster.status().await).map_err(|e| {
+        tracing::error!(error = %e, "the cluster status does not have its documented shape");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            1006,
+            format!("cluster status: {e}"),
+        )
+    })?;
+    Ok(ok(status))
+}
+
+/// The cluster route (behind the admin token), with its documentation.
+pub fn routes() -> OpenApiRouter<Arc<Api>> {
+    OpenApiRouter::new().routes(routes!(cluster))
 }

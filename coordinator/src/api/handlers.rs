@@ -1,28 +1,46 @@
 //! Resource handlers: nodes, their routes and connections, devices.
+//!
+//! Each handler carries a `#[utoipa::path]` that names its path, parameters, body and
+//! answers by their Rust types; [`routes`] registers the handlers and their documentation
+//! together (`utoipa_axum::routes!`), so a route cannot exist undocumented. A new
+//! handler file in `api/` follows the same pattern and adds its `routes()` in `mod.rs`.
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
-use axum::response::Response;
-use axum::routing::{delete, get};
 use meshgate_proto::{Id, Kind};
-use serde::Deserialize;
-use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{Api, ApiError, ok};
-use crate::registry::{DeviceRecord, NodeRecord, RouteRecord};
+use super::schema::{
+    Deleted, Denied, DeviceCreated, DeviceView, Envelope, ErrorEnvelope, IdPath, NewDevice,
+    NewNode, NewRoute, NodeCreated, NodeView, Reply, RoutePath, RouteView, ok,
+};
+use super::views::{Event, Replica};
+use super::{Api, ApiError};
 
-type Res = Result<Response, ApiError>;
-type Body<T> = Result<axum::Json<T>, JsonRejection>;
+type Res<T> = Result<Reply<T>, ApiError>;
 
-fn body<T>(b: Body<T>) -> Result<T, ApiError> {
-    b.map(|j| j.0)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))
+/// A JSON request body whose rejection is an [`ApiError`] in the envelope.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T> FromRequest<S> for Body<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        axum::Json::<T>::from_request(req, state)
+            .await
+            .map(|j| Self(j.0))
+            .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))
+    }
 }
 
+/// Parses an id from a path; a malformed one is as absent as an unknown one.
 pub(super) fn parse_id(what: &str, s: &str) -> Result<Id, ApiError> {
     s.parse().map_err(|_| {
         ApiError::new(
@@ -31,18 +49,6 @@ pub(super) fn parse_id(what: &str, s: &str) -> Result<Id, ApiError> {
             format!("{what} {s:?} not found (not a valid id)"),
         )
     })
-}
-
-pub(super) fn node_json(n: &NodeRecord) -> serde_json::Value {
-    json!({"id": n.id.to_string(), "name": n.name, "ha": n.ha, "created_at": n.created_at, "tags": n.tags})
-}
-
-pub(super) fn route_json(r: &RouteRecord) -> serde_json::Value {
-    json!({"id": r.id.to_string(), "network": r.network.to_string(), "comment": r.comment, "node_id": r.node_id.to_string(), "created_at": r.created_at})
-}
-
-pub(super) fn device_json(d: &DeviceRecord) -> serde_json::Value {
-    json!({"id": d.id.to_string(), "name": d.name, "mesh_ip": d.mesh_ip.to_string(), "created_at": d.created_at, "tags": d.tags})
 }
 
 impl Api {
@@ -54,158 +60,239 @@ impl Api {
     }
 }
 
-#[derive(Deserialize)]
-struct NewNode {
-    name: String,
-    #[serde(default)]
-    ha: bool,
-    #[serde(default)]
-    tags: Option<serde_json::Value>,
-}
-
-async fn create_node(State(api): State<Arc<Api>>, b: Body<NewNode>) -> Res {
-    let b = body(b)?;
+#[utoipa::path(post, path = "/api/v1/nodes", tag = "nodes", security(("bearer" = [])),
+    request_body = NewNode,
+    responses(
+        (status = 201, description = "Created; the token is what every replica runs with",
+            body = Envelope<NodeCreated>,
+            links(
+                ("show" = (operation_id = "show_node", parameters(("id" = "$response.body#/result/id")))),
+                ("delete" = (operation_id = "delete_node", parameters(("id" = "$response.body#/result/id")))),
+                ("routes" = (operation_id = "add_route", parameters(("id" = "$response.body#/result/id")))),
+            )),
+        (status = 400, description = "Invalid name or body", body = ErrorEnvelope),
+        (status = 409, description = "The name is taken", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn create_node(State(api): State<Arc<Api>>, Body(b): Body<NewNode>) -> Res<NodeCreated> {
     let tags = super::policies::creation_tags(b.tags.as_ref())?;
     let n = api
         .hub
         .registry
         .create_node_tagged(b.name.trim(), b.ha, tags)?;
     tracing::info!(node = %n.name, id = %n.id, ha = n.ha, "node created");
-    let mut v = node_json(&n);
-    v["token"] = api.token(Kind::Node, n.id).into();
-    Ok(ok(StatusCode::CREATED, v))
+    let token = api.token(Kind::Node, n.id);
+    Ok(Reply(
+        StatusCode::CREATED,
+        NodeCreated {
+            node: NodeView::from(&n),
+            token,
+        },
+    ))
 }
 
-async fn list_nodes(State(api): State<Arc<Api>>) -> Res {
-    let nodes: Vec<_> = api
-        .hub
-        .registry
-        .list_nodes()?
-        .iter()
-        .map(node_json)
-        .collect();
-    Ok(ok(StatusCode::OK, nodes))
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", security(("bearer" = [])),
+    responses((status = 200, description = "Every node", body = Envelope<Vec<NodeView>>), Denied))]
+async fn list_nodes(State(api): State<Arc<Api>>) -> Res<Vec<NodeView>> {
+    let nodes = api.hub.registry.list_nodes()?;
+    Ok(ok(nodes.iter().map(NodeView::from).collect()))
 }
 
-async fn show_node(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
-    let n = api.hub.registry.node(parse_id("node", &id)?)?;
-    Ok(ok(StatusCode::OK, node_json(&n)))
+#[utoipa::path(get, path = "/api/v1/nodes/{id}", tag = "nodes", security(("bearer" = [])),
+    params(IdPath),
+    responses(
+        (status = 200, description = "The node", body = Envelope<NodeView>),
+        (status = 404, description = "No such node", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn show_node(State(api): State<Arc<Api>>, Path(p): Path<IdPath>) -> Res<NodeView> {
+    let n = api.hub.registry.node(parse_id("node", &p.id)?)?;
+    Ok(ok(NodeView::from(&n)))
 }
 
-async fn delete_node(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
-    let id = parse_id("node", &id)?;
+#[utoipa::path(delete, path = "/api/v1/nodes/{id}", tag = "nodes", security(("bearer" = [])),
+    params(IdPath),
+    responses(
+        (status = 200, description = "Deleted with its routes and Mesh IPs; its replicas are disconnected",
+            body = Envelope<Deleted>),
+        (status = 404, description = "No such node", body = ErrorEnvelope),
+        (status = 409, description = "A policy references the node", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn delete_node(State(api): State<Arc<Api>>, Path(p): Path<IdPath>) -> Res<Deleted> {
+    let id = parse_id("node", &p.id)?;
     let guard = super::policies::guard_delete(&api, id, "node")?;
     let n = api.hub.registry.delete_node(id)?;
     drop(guard);
     api.hub.participant_deleted(n.id);
     tracing::info!(node = %n.name, id = %n.id, "node deleted");
-    Ok(ok(StatusCode::OK, json!({"id": n.id.to_string()})))
+    Ok(ok(Deleted {
+        id: n.id.to_string(),
+    }))
 }
 
-async fn node_token(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
-    let n = api.hub.registry.node(parse_id("node", &id)?)?;
-    Ok(ok(StatusCode::OK, api.token(Kind::Node, n.id)))
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/token", tag = "nodes", security(("bearer" = [])),
+    params(IdPath),
+    responses(
+        (status = 200, description = "The node's token (all replicas use it)", body = Envelope<String>),
+        (status = 404, description = "No such node", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn node_token(State(api): State<Arc<Api>>, Path(p): Path<IdPath>) -> Res<String> {
+    let n = api.hub.registry.node(parse_id("node", &p.id)?)?;
+    Ok(ok(api.token(Kind::Node, n.id)))
 }
 
-async fn connections(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
-    let n = api.hub.registry.node(parse_id("node", &id)?)?;
-    Ok(ok(StatusCode::OK, api.hub.connections(n.id)))
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/connections", tag = "nodes", security(("bearer" = [])),
+    params(IdPath),
+    responses(
+        (status = 200, description = "The node's connected replicas, oldest first", body = Envelope<Vec<Replica>>),
+        (status = 404, description = "No such node", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn connections(State(api): State<Arc<Api>>, Path(p): Path<IdPath>) -> Res<Vec<Replica>> {
+    let n = api.hub.registry.node(parse_id("node", &p.id)?)?;
+    Ok(ok(api
+        .hub
+        .connections(n.id)
+        .into_iter()
+        .map(Replica::from)
+        .collect()))
 }
 
-async fn events(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
-    let n = api.hub.registry.node(parse_id("node", &id)?)?;
-    Ok(ok(StatusCode::OK, api.hub.events.of(n.id)))
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/events", tag = "nodes", security(("bearer" = [])),
+    params(IdPath),
+    responses(
+        (status = 200, description = "The node's recent election events, oldest first", body = Envelope<Vec<Event>>),
+        (status = 404, description = "No such node", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn events(State(api): State<Arc<Api>>, Path(p): Path<IdPath>) -> Res<Vec<Event>> {
+    let n = api.hub.registry.node(parse_id("node", &p.id)?)?;
+    Ok(ok(api
+        .hub
+        .events
+        .of(n.id)
+        .into_iter()
+        .map(Event::from)
+        .collect()))
 }
 
-#[derive(Deserialize)]
-struct NewRoute {
-    network: String,
-    #[serde(default)]
-    comment: String,
-}
-
-async fn add_route(State(api): State<Arc<Api>>, Path(id): Path<String>, b: Body<NewRoute>) -> Res {
-    let node = parse_id("node", &id)?;
-    let b = body(b)?;
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/routes", tag = "routes", security(("bearer" = [])),
+    params(IdPath),
+    request_body = NewRoute,
+    responses(
+        (status = 201, description = "Advertised; every agent gets the new route table", body = Envelope<RouteView>,
+            links(("delete" = (operation_id = "delete_route", parameters(
+                ("id" = "$request.path.id"), ("route_id" = "$response.body#/result/id")))))),
+        (status = 400, description = "Not a CIDR, overlapping another node's route, or inside the mesh range",
+            body = ErrorEnvelope),
+        (status = 404, description = "No such node", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn add_route(
+    State(api): State<Arc<Api>>,
+    Path(p): Path<IdPath>,
+    Body(b): Body<NewRoute>,
+) -> Res<RouteView> {
+    let node = parse_id("node", &p.id)?;
     let r = api.hub.registry.add_route(node, &b.network, &b.comment)?;
     api.hub.routes_changed();
     tracing::info!(%node, network = %r.network, "route added");
-    Ok(ok(StatusCode::CREATED, route_json(&r)))
+    Ok(Reply(StatusCode::CREATED, RouteView::from(&r)))
 }
 
-async fn list_routes(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
-    let routes: Vec<_> = api
-        .hub
-        .registry
-        .routes_of(parse_id("node", &id)?)?
-        .iter()
-        .map(route_json)
-        .collect();
-    Ok(ok(StatusCode::OK, routes))
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/routes", tag = "routes", security(("bearer" = [])),
+    params(IdPath),
+    responses(
+        (status = 200, description = "The node's routes", body = Envelope<Vec<RouteView>>),
+        (status = 404, description = "No such node", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn list_routes(State(api): State<Arc<Api>>, Path(p): Path<IdPath>) -> Res<Vec<RouteView>> {
+    let routes = api.hub.registry.routes_of(parse_id("node", &p.id)?)?;
+    Ok(ok(routes.iter().map(RouteView::from).collect()))
 }
 
-async fn delete_route(
-    State(api): State<Arc<Api>>,
-    Path((id, route)): Path<(String, String)>,
-) -> Res {
+#[utoipa::path(delete, path = "/api/v1/nodes/{id}/routes/{route_id}", tag = "routes", security(("bearer" = [])),
+    params(RoutePath),
+    responses(
+        (status = 200, description = "Withdrawn; the deleted route", body = Envelope<RouteView>),
+        (status = 404, description = "No such node or route", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn delete_route(State(api): State<Arc<Api>>, Path(p): Path<RoutePath>) -> Res<RouteView> {
     let r = api
         .hub
         .registry
-        .delete_route(parse_id("node", &id)?, parse_id("route", &route)?)?;
+        .delete_route(parse_id("node", &p.id)?, parse_id("route", &p.route_id)?)?;
     api.hub.routes_changed();
-    Ok(ok(StatusCode::OK, route_json(&r)))
+    Ok(ok(RouteView::from(&r)))
 }
 
-#[derive(Deserialize)]
-struct NewDevice {
-    name: String,
-    #[serde(default)]
-    tags: Option<serde_json::Value>,
-}
-
-async fn create_device(State(api): State<Arc<Api>>, b: Body<NewDevice>) -> Res {
-    let b = body(b)?;
+#[utoipa::path(post, path = "/api/v1/devices", tag = "devices", security(("bearer" = [])),
+    request_body = NewDevice,
+    responses(
+        (status = 201, description = "Enrolled with a Mesh IP; the token is what its agent runs with",
+            body = Envelope<DeviceCreated>,
+            links(("delete" = (operation_id = "delete_device", parameters(("id" = "$response.body#/result/id")))))),
+        (status = 400, description = "Invalid name or body", body = ErrorEnvelope),
+        (status = 409, description = "The name is taken, or no Mesh IP is left", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn create_device(
+    State(api): State<Arc<Api>>,
+    Body(b): Body<NewDevice>,
+) -> Res<DeviceCreated> {
     let tags = super::policies::creation_tags(b.tags.as_ref())?;
     let d = api.hub.registry.create_device_tagged(b.name.trim(), tags)?;
     tracing::info!(device = %d.name, id = %d.id, mesh_ip = %d.mesh_ip, "device enrolled");
-    let mut v = device_json(&d);
-    v["token"] = api.token(Kind::Device, d.id).into();
-    Ok(ok(StatusCode::CREATED, v))
+    let token = api.token(Kind::Device, d.id);
+    Ok(Reply(
+        StatusCode::CREATED,
+        DeviceCreated {
+            device: DeviceView::from(&d),
+            token,
+        },
+    ))
 }
 
-async fn list_devices(State(api): State<Arc<Api>>) -> Res {
-    let devices: Vec<_> = api
-        .hub
-        .registry
-        .list_devices()?
-        .iter()
-        .map(device_json)
-        .collect();
-    Ok(ok(StatusCode::OK, devices))
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", security(("bearer" = [])),
+    responses((status = 200, description = "Every device with its Mesh IP", body = Envelope<Vec<DeviceView>>), Denied))]
+async fn list_devices(State(api): State<Arc<Api>>) -> Res<Vec<DeviceView>> {
+    let devices = api.hub.registry.list_devices()?;
+    Ok(ok(devices.iter().map(DeviceView::from).collect()))
 }
 
-async fn delete_device(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
-    let id = parse_id("device", &id)?;
+#[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices", security(("bearer" = [])),
+    params(IdPath),
+    responses(
+        (status = 200, description = "Deleted; its agent is disconnected", body = Envelope<Deleted>),
+        (status = 404, description = "No such device", body = ErrorEnvelope),
+        (status = 409, description = "A policy references the device", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn delete_device(State(api): State<Arc<Api>>, Path(p): Path<IdPath>) -> Res<Deleted> {
+    let id = parse_id("device", &p.id)?;
     let guard = super::policies::guard_delete(&api, id, "device")?;
     let d = api.hub.registry.delete_device(id)?;
     drop(guard);
     api.hub.participant_deleted(d.id);
-    Ok(ok(StatusCode::OK, json!({"id": d.id.to_string()})))
+    Ok(ok(Deleted {
+        id: d.id.to_string(),
+    }))
 }
 
-/// The authenticated resource routes.
-pub fn routes() -> Router<Arc<Api>> {
-    Router::new()
-        .route("/api/v1/nodes", get(list_nodes).post(create_node))
-        .route("/api/v1/nodes/{id}", get(show_node).delete(delete_node))
-        .route("/api/v1/nodes/{id}/token", get(node_token))
-        .route("/api/v1/nodes/{id}/connections", get(connections))
-        .route("/api/v1/nodes/{id}/events", get(events))
-        .route(
-            "/api/v1/nodes/{id}/routes",
-            get(list_routes).post(add_route),
-        )
-        .route("/api/v1/nodes/{id}/routes/{route_id}", delete(delete_route))
-        .route("/api/v1/devices", get(list_devices).post(create_device))
-        .route("/api/v1/devices/{id}", delete(delete_device))
+/// The authenticated resource routes, with their documentation.
+pub fn routes() -> OpenApiRouter<Arc<Api>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_nodes, create_node))
+        .routes(routes!(show_node, delete_node))
+        .routes(routes!(node_token))
+        .routes(routes!(connections))
+        .routes(routes!(events))
+        .routes(routes!(list_routes, add_route))
+        .routes(routes!(delete_route))
+        .routes(routes!(list_devices, create_device))
+        .routes(routes!(delete_device))
 }

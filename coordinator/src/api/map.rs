@@ -7,51 +7,62 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::Response;
-use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::handlers::{device_json, node_json, route_json};
-use super::{Api, ApiError, ok};
+use super::schema::{Denied, DeviceView, Envelope, NodeView, Reply, RouteView, ok};
+use super::views::{CoordinatorUse, Event, MapNode, NetworkMap, Replica};
+use super::{Api, ApiError};
 
 /// Optional endpoints the console may use (`logs`: per-node replica logs, `cluster`:
 /// `GET /api/v1/cluster`).
 const FEATURES: &[&str] = &[];
 
-/// `GET /api/v1/map`.
-pub async fn map(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/api/v1/map", tag = "console", security(("bearer" = [])),
+    responses((status = 200, description = "The whole network", body = Envelope<NetworkMap>), Denied))]
+async fn map(State(api): State<Arc<Api>>) -> Result<Reply<NetworkMap>, ApiError> {
     let reg = &api.hub.registry;
     let mut coordinators: BTreeMap<String, usize> = BTreeMap::new();
     let mut nodes = Vec::new();
     for n in reg.list_nodes()? {
-        let replicas = api.hub.connections(n.id);
-        for r in &replicas {
-            for c in &r.conns {
-                let name = c["colo_name"].as_str().unwrap_or_default().to_owned();
-                *coordinators.entry(name).or_default() += 1;
-            }
+        let replicas: Vec<Replica> = api
+            .hub
+            .connections(n.id)
+            .into_iter()
+            .map(Replica::from)
+            .collect();
+        for c in replicas.iter().flat_map(|r| &r.conns) {
+            *coordinators.entry(c.colo_name.clone()).or_default() += 1;
         }
-        let routes: Vec<Value> = reg.routes_of(n.id)?.iter().map(route_json).collect();
-        let mut v = node_json(&n);
-        v["replicas"] = json!(replicas);
-        v["routes"] = routes.into();
-        v["events"] = json!(api.hub.events.of(n.id));
-        nodes.push(v);
+        nodes.push(MapNode {
+            node: NodeView::from(&n),
+            replicas,
+            routes: reg.routes_of(n.id)?.iter().map(RouteView::from).collect(),
+            events: api
+                .hub
+                .events
+                .of(n.id)
+                .into_iter()
+                .map(Event::from)
+                .collect(),
+        });
     }
-    let devices: Vec<Value> = reg.list_devices()?.iter().map(device_json).collect();
-    let coordinators: Vec<Value> = coordinators
-        .into_iter()
-        .map(|(name, replica_connections)| json!({"name": name, "replica_connections": replica_connections}))
-        .collect();
-    Ok(ok(
-        StatusCode::OK,
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            // Optional API parts this coordinator has, so the console asks only for those.
-            "features": FEATURES,
-            "coordinators": coordinators,
-            "nodes": nodes,
-            "devices": devices,
-        }),
-    ))
+    Ok(ok(NetworkMap {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        features: FEATURES.iter().map(|f| (*f).to_owned()).collect(),
+        coordinators: coordinators
+            .into_iter()
+            .map(|(name, replica_connections)| CoordinatorUse {
+                name,
+                replica_connections,
+            })
+            .collect(),
+        nodes,
+        devices: reg.list_devices()?.iter().map(DeviceView::from).collect(),
+    }))
+}
+
+/// The console's data route (behind the admin token), with its documentation.
+pub fn routes() -> OpenApiRouter<Arc<Api>> {
+    OpenApiRouter::new().routes(routes!(map))
 }

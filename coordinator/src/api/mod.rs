@@ -1,24 +1,28 @@
 //! The REST API (axum): the Cloudflare-style envelope, bearer admin token, and the
-//! public probes `/ready` and `/metrics`. Resource handlers live in [`handlers`].
+//! public probes. Resource handlers live in [`handlers`], their bodies in [`schema`] and
+//! [`views`]; the OpenAPI document ([`openapi`]) is derived from all of them.
 
 mod cluster;
 mod handlers;
 mod map;
 mod openapi;
 mod policies;
+pub mod policy_schema;
+mod probes;
+pub mod schema;
 mod ui;
+pub mod views;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::AtomicBool;
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use serde::Serialize;
-use serde_json::json;
+use axum::{Extension, Router};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::hub::Hub;
 use crate::registry::RegistryError;
@@ -78,20 +82,17 @@ impl From<RegistryError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "success": false,
-            "errors": [{"code": self.code, "message": self.message}],
-            "messages": [],
-            "result": null,
-        });
+        let body = schema::ErrorEnvelope {
+            success: false,
+            errors: vec![schema::ErrorItem {
+                code: self.code,
+                message: self.message,
+            }],
+            messages: Vec::new(),
+            result: None,
+        };
         (self.status, axum::Json(body)).into_response()
     }
-}
-
-/// A success envelope.
-pub fn ok<T: Serialize>(status: StatusCode, result: T) -> Response {
-    let body = json!({"success": true, "errors": [], "messages": [], "result": result});
-    (status, axum::Json(body)).into_response()
 }
 
 async fn auth(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
@@ -118,98 +119,39 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn ready(State(api): State<Arc<Api>>) -> Response {
-    let store = match api.hub.registry.store().revision() {
-        Ok(_) => "ok".to_string(),
-        Err(e) => format!("failing: {e}"),
-    };
-    let quic = if api.quic_ready.load(Relaxed) {
-        "ok"
-    } else {
-        "not listening"
-    };
-    let mut checks = json!({"store": store, "quic_listener": quic});
-    if let Some(cluster) = api.cluster.ready_check() {
-        checks["cluster"] = cluster.into();
-    }
-    let all = checks
-        .as_object()
-        .is_some_and(|c| c.values().all(|v| v == "ok"));
-    let status = if all {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    ok(status, json!({"ready": all, "checks": checks}))
-}
-
-fn replica_census(api: &Api) -> (usize, Vec<(String, &'static str, usize)>) {
-    let (participants, per) = api.hub.census();
-    let nodes = api.hub.registry.list_nodes().unwrap_or_default();
-    let named = per
-        .into_iter()
-        .map(|(id, st, n)| {
-            let name = nodes
-                .iter()
-                .find(|x| x.id == id)
-                .map_or_else(|| id.to_string(), |x| x.name.clone());
-            (name, st, n)
-        })
-        .collect();
-    (participants, named)
-}
-
-async fn metrics(State(api): State<Arc<Api>>) -> Response {
-    let (participants, replicas) = replica_census(&api);
-    let mut text = api.hub.metrics.prometheus(participants, &replicas);
-    text.push_str(&policies::prometheus(&api));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-}
-
-async fn stats(State(api): State<Arc<Api>>) -> Response {
-    use std::sync::atomic::Ordering::Relaxed as R;
-    let (participants, replicas) = replica_census(&api);
-    let m = &api.hub.metrics;
-    let drops: serde_json::Map<String, serde_json::Value> =
-        m.drops().map(|(k, v)| (k.to_owned(), v.into())).collect();
-    let replicas: Vec<_> = replicas
-        .iter()
-        .map(|(n, s, c)| json!({"node": n, "ha_status": s, "count": c}))
-        .collect();
-    ok(
-        StatusCode::OK,
-        json!({
-            "participants_connected": participants,
-            "packets_relayed": m.packets.load(R),
-            "bytes_relayed": m.bytes.load(R),
-            "icmp_errors_sent": m.icmp_errors.load(R),
-            "failovers": m.failovers.load(R),
-            "registrations": m.registrations.load(R),
-            "auth_failures": m.auth_failures.load(R),
-            "drops": drops,
-            "replicas": replicas,
-        }),
-    )
-}
-
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, 1002, "no such endpoint")
 }
 
-/// The router.
-pub fn router(api: Arc<Api>) -> Router {
-    let protected = handlers::routes()
+/// Every documented route: the list a new handler file adds its `routes()` to. With
+/// `api`, the protected part is behind the admin token; without, only the document is
+/// wanted.
+fn documented(api: Option<&Arc<Api>>) -> OpenApiRouter<Arc<Api>> {
+    let mut protected = handlers::routes()
         .merge(policies::routes())
-        .route("/api/v1/stats", get(stats))
-        .route("/api/v1/map", get(map::map))
-        .route("/api/v1/cluster", get(cluster::cluster))
-        .layer(middleware::from_fn_with_state(api.clone(), auth));
-    Router::new()
+        .merge(cluster::routes())
+        .merge(map::routes());
+    if let Some(api) = api {
+        protected = protected.layer(middleware::from_fn_with_state(api.clone(), auth));
+    }
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(protected)
+        .merge(probes::routes())
+        .merge(openapi::routes())
+}
+
+/// The router: the documented routes (serving their own document) and the console.
+pub fn router(api: Arc<Api>) -> Router {
+    let (routes, doc) = documented(Some(&api)).split_for_parts();
+    let doc = openapi::Document(Arc::new(openapi::to_json(&doc).to_string()));
+    routes
+        .layer(Extension(doc))
         .merge(ui::routes())
-        .route("/api/v1/openapi.json", get(openapi::document))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(api)
+}
+
+/// The OpenAPI document as [`router`] serves it, built without a running coordinator.
+pub fn openapi_document() -> serde_json::Value {
+    openapi::to_json(&documented(None).into_openapi())
 }

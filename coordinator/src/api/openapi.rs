@@ -1,68 +1,108 @@
-//! A hand-written OpenAPI 3.0 document for the contract in DESIGN.md. Hand-written
-//! rather than derived, because the contract is the fixed point and the code follows it.
+//! The OpenAPI 3.1 document, derived from the handlers: each handler's
+//! `#[utoipa::path]` names its path, parameters, body and answers by their Rust types
+//! (see [`super::schema`]), and `utoipa_axum` registers a route and its documentation in
+//! one call. Served at `GET /api/v1/openapi.json`, without a token.
 
-use axum::Json;
-use serde_json::{Value, json};
+use std::sync::Arc;
 
-fn op(summary: &str, body: Option<Value>) -> Value {
-    let mut o = json!({
-        "summary": summary,
-        "security": [{"bearer": []}],
-        "responses": {
-            "200": {"description": "success envelope", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Envelope"}}}},
-            "4XX": {"description": "error envelope saying what is wrong"}
-        }
-    });
-    if let Some(schema) = body {
-        o["requestBody"] =
-            json!({"required": true, "content": {"application/json": {"schema": schema}}});
+use axum::Extension;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::Api;
+
+/// The document's frame; the paths come from the routers.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "meshgate coordinator",
+        description = "Nodes, their routes and replicas, devices, and the coordinator's probes. \
+            Calls under /api/v1 except stats and this document need \
+            `Authorization: Bearer <admin-token>` (the token is in the data directory's \
+            `admin-token`). Every answer is the envelope \
+            `{success, errors: [{code, message}], messages, result}`."
+    ),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "nodes", description = "Gateway nodes and their replicas"),
+        (name = "routes", description = "Networks a node advertises into the mesh"),
+        (name = "devices", description = "Client devices"),
+        (name = "probes", description = "Readiness, metrics and counters (no token)"),
+        (name = "policies", description = "Network policies and their settings"),
+        (name = "cluster", description = "The coordinators sharing this control plane"),
+        (name = "console", description = "What the web console reads"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Declares the `bearer` scheme that the handlers' `security(("bearer" = []))` names.
+struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
-    o
 }
 
-/// `GET /api/v1/openapi.json`.
-pub async fn document() -> Json<Value> {
-    let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
-    let mut doc = json!({
-        "openapi": "3.0.3",
-        "info": {"title": "meshgate coordinator", "version": env!("CARGO_PKG_VERSION")},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Envelope": {"type": "object", "properties": {
-                "success": {"type": "boolean"},
-                "errors": {"type": "array", "items": {"type": "object", "properties": {"code": {"type": "integer"}, "message": {"type": "string"}}}},
-                "messages": {"type": "array"},
-                "result": {}
-            }}}
-        },
-        "paths": {
-            "/api/v1/nodes": {
-                "get": op("List nodes", None),
-                "post": op("Create a node; result has id, name, ha, token", Some(json!({"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "ha": {"type": "boolean"}}})))
-            },
-            "/api/v1/nodes/{id}": {"parameters": id, "get": op("Show a node", None), "delete": op("Delete a node, its routes and Mesh IPs", None)},
-            "/api/v1/nodes/{id}/token": {"parameters": id, "get": op("The node's token", None)},
-            "/api/v1/nodes/{id}/connections": {"parameters": id, "get": op("Connected replicas with ha_status", None)},
-            "/api/v1/nodes/{id}/events": {"parameters": id, "get": op("Recent election events (registered, disconnected, lease_expired, handover_requested, promoted) with at_unix_us", None)},
-            "/api/v1/nodes/{id}/routes": {
-                "parameters": id,
-                "get": op("List the node's routes", None),
-                "post": op("Advertise a CIDR", Some(json!({"type": "object", "required": ["network"], "properties": {"network": {"type": "string"}, "comment": {"type": "string"}}})))
-            },
-            "/api/v1/nodes/{id}/routes/{route_id}": {"delete": op("Withdraw a route", None)},
-            "/api/v1/devices": {
-                "get": op("List devices with Mesh IPs", None),
-                "post": op("Enrol a device; result has token", Some(json!({"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}})))
-            },
-            "/api/v1/devices/{id}": {"parameters": id, "delete": op("Delete a device", None)},
-            "/api/v1/stats": {"get": op("JSON counters", None)},
-            "/api/v1/cluster": {"get": op("The coordinator cluster: members (name, public_addrs, api_addr, status up/down), which member decides elections, etcd health per endpoint; a lone coordinator lists itself", None)},
-            "/api/v1/map": {"get": op("The whole network for the console: coordinators, nodes with replicas, routes and events, devices", None)},
-            "/ui/": {"get": {"summary": "The web console (static page; the API calls it makes need the token)", "responses": {"200": {"description": "HTML"}}}},
-            "/ready": {"get": {"summary": "Readiness with named checks (store, quic_listener, and cluster with --etcd)", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-            "/metrics": {"get": {"summary": "Prometheus text", "responses": {"200": {"description": "metrics"}}}}
+/// The document as JSON, as served.
+pub fn to_json(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut json = serde_json::to_value(doc).expect("the document is plain data and serialises");
+    camel_case_links(&mut json);
+    json
+}
+
+/// utoipa 5.5 writes a Link object's fields in snake case (`operation_id`); OpenAPI
+/// names them in camel case (`operationId`), and validators reject the former.
+fn camel_case_links(json: &mut serde_json::Value) {
+    let Some(paths) = json.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    let links = paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|response| response.get_mut("links")?.as_object_mut())
+        .flat_map(|links| links.values_mut())
+        .filter_map(|link| link.as_object_mut());
+    for link in links {
+        for (snake, camel) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(v) = link.remove(snake) {
+                link.insert(camel.to_owned(), v);
+            }
         }
-    });
-    super::policies::document(&mut doc["paths"], op);
-    Json(doc)
+    }
+}
+
+/// The finished document as JSON, shared with the handler that serves it.
+#[derive(Clone)]
+pub struct Document(pub Arc<String>);
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "probes",
+    responses((status = 200, description = "This document (OpenAPI 3.1)",
+        body = Object, content_type = "application/json")))]
+async fn document(Extension(doc): Extension<Document>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        doc.0.as_str().to_owned(),
+    )
+        .into_response()
+}
+
+/// The route serving the document (public).
+pub fn routes() -> OpenApiRouter<Arc<Api>> {
+    OpenApiRouter::new().routes(routes!(document))
 }

@@ -4,23 +4,29 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
-use axum::routing::{get, patch, post};
 use meshgate_proto::Id;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::handlers::parse_id;
-use super::{Api, ApiError, ok};
+use super::policy_schema::{
+    DecidingPolicy, PolicyBody, PolicyCounters, PolicyDecision, PolicyQuestion, PolicyShown,
+    PolicyView, SettingsBody, TagsBody,
+};
+use super::schema::{
+    Deleted, Denied, DeviceView, Envelope, ErrorEnvelope, IdPath, NodeView, Reply, ok,
+};
+use super::{Api, ApiError};
 use crate::policy::counters::Key;
 use crate::policy::eval::{self, Packet};
 use crate::policy::model::{self, Action, PolicyInput, Protocol};
 use crate::policy::world::World;
-use crate::policy::{FieldError, Policy, PolicyError, Settings};
+use crate::policy::{FieldError, PolicyError, Settings};
 
-type Res = Result<Response, ApiError>;
+type Res<T> = Result<Reply<T>, ApiError>;
 
 impl From<PolicyError> for ApiError {
     fn from(e: PolicyError) -> Self {
@@ -51,14 +57,6 @@ fn object(body: &axum::body::Bytes) -> Result<serde_json::Map<String, Value>, Ap
     }
 }
 
-fn policy_json(p: &Policy) -> Value {
-    json!({
-        "id": p.id.to_string(), "name": p.name, "precedence": p.precedence, "action": p.action,
-        "sources": p.sources, "destinations": p.destinations, "protocols": p.protocols,
-        "ports": p.ports, "created_at": p.created_at, "updated_at": p.updated_at,
-    })
-}
-
 fn spec(body: &axum::body::Bytes) -> Result<crate::policy::PolicySpec, ApiError> {
     let m = object(body)?;
     if let Some(k) = m.keys().find(|k| {
@@ -87,28 +85,47 @@ impl Api {
     }
 }
 
-async fn create(State(api): State<Arc<Api>>, body: axum::body::Bytes) -> Res {
+#[utoipa::path(post, path = "/api/v1/policies", tag = "policies", security(("bearer" = [])),
+    request_body = PolicyBody,
+    responses(
+        (status = 201, description = "Created; agents enforce it within a second", body = Envelope<PolicyView>,
+            links(
+                ("show" = (operation_id = "show_policy", parameters(("id" = "$response.body#/result/id")))),
+                ("delete" = (operation_id = "delete_policy", parameters(("id" = "$response.body#/result/id")))),
+            )),
+        (status = 400, description = "A field is invalid; the message names it", body = ErrorEnvelope),
+        (status = 409, description = "The name or precedence is taken", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn create_policy(State(api): State<Arc<Api>>, body: axum::body::Bytes) -> Res<PolicyView> {
     let s = spec(&body)?;
     let p = api.hub.policy.book.create(&api.hub.registry, s)?;
     api.policies_changed();
     tracing::info!(policy = %p.name, id = %p.id, precedence = p.precedence, "policy created");
-    Ok(ok(StatusCode::CREATED, policy_json(&p)))
+    Ok(Reply(StatusCode::CREATED, PolicyView::from(&p)))
 }
 
-async fn list(State(api): State<Arc<Api>>) -> Res {
+#[utoipa::path(get, path = "/api/v1/policies", tag = "policies", security(("bearer" = [])),
+    responses((status = 200, description = "Every policy, lowest precedence first",
+        body = Envelope<Vec<PolicyView>>), Denied))]
+async fn list_policies(State(api): State<Arc<Api>>) -> Res<Vec<PolicyView>> {
     let ps = api.hub.policy.book.list(&api.hub.registry)?;
-    Ok(ok(
-        StatusCode::OK,
-        ps.iter().map(policy_json).collect::<Vec<_>>(),
-    ))
+    Ok(ok(ps.iter().map(PolicyView::from).collect()))
 }
 
-async fn show(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
+#[utoipa::path(get, path = "/api/v1/policies/{id}", tag = "policies", security(("bearer" = [])),
+    params(IdPath),
+    responses(
+        (status = 200, description = "The policy with the counters agents reported", body = Envelope<PolicyShown>),
+        (status = 404, description = "No such policy", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn show_policy(State(api): State<Arc<Api>>, Path(id): Path<IdPath>) -> Res<PolicyShown> {
     let p = api
         .hub
         .policy
         .book
-        .get(&api.hub.registry, parse_id("policy", &id)?)?;
+        .get(&api.hub.registry, parse_id("policy", &id.id)?)?;
     let hits = api
         .hub
         .policy
@@ -117,44 +134,73 @@ async fn show(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
         .get(&Key::Policy(p.id))
         .copied()
         .unwrap_or(0);
-    let mut v = policy_json(&p);
-    v["counters"] = json!({
-        "matches": hits,
-        "drops": if p.action == Action::Block { hits } else { 0 },
-    });
-    Ok(ok(StatusCode::OK, v))
+    Ok(ok(PolicyShown {
+        policy: PolicyView::from(&p),
+        counters: PolicyCounters {
+            matches: hits,
+            drops: if p.action == Action::Block { hits } else { 0 },
+        },
+    }))
 }
 
-async fn update(
+#[utoipa::path(put, path = "/api/v1/policies/{id}", tag = "policies", security(("bearer" = [])),
+    params(IdPath),
+    request_body = PolicyBody,
+    responses(
+        (status = 200, description = "Replaced", body = Envelope<PolicyView>),
+        (status = 400, description = "A field is invalid; the message names it", body = ErrorEnvelope),
+        (status = 404, description = "No such policy", body = ErrorEnvelope),
+        (status = 409, description = "The name or precedence is taken", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn update_policy(
     State(api): State<Arc<Api>>,
-    Path(id): Path<String>,
+    Path(id): Path<IdPath>,
     body: axum::body::Bytes,
-) -> Res {
-    let id = parse_id("policy", &id)?;
+) -> Res<PolicyView> {
+    let id = parse_id("policy", &id.id)?;
     let s = spec(&body)?;
     let p = api.hub.policy.book.update(&api.hub.registry, id, s)?;
     api.policies_changed();
     tracing::info!(policy = %p.name, id = %p.id, "policy updated");
-    Ok(ok(StatusCode::OK, policy_json(&p)))
+    Ok(ok(PolicyView::from(&p)))
 }
 
-async fn remove(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
+#[utoipa::path(delete, path = "/api/v1/policies/{id}", tag = "policies", security(("bearer" = [])),
+    params(IdPath),
+    responses(
+        (status = 200, description = "Deleted", body = Envelope<Deleted>),
+        (status = 404, description = "No such policy", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn delete_policy(State(api): State<Arc<Api>>, Path(id): Path<IdPath>) -> Res<Deleted> {
     let p = api
         .hub
         .policy
         .book
-        .delete(&api.hub.registry, parse_id("policy", &id)?)?;
+        .delete(&api.hub.registry, parse_id("policy", &id.id)?)?;
     api.policies_changed();
     tracing::info!(policy = %p.name, id = %p.id, "policy deleted");
-    Ok(ok(StatusCode::OK, json!({"id": p.id.to_string()})))
+    Ok(ok(Deleted {
+        id: p.id.to_string(),
+    }))
 }
 
-async fn get_settings(State(api): State<Arc<Api>>) -> Res {
+#[utoipa::path(get, path = "/api/v1/settings", tag = "policies", security(("bearer" = [])),
+    responses((status = 200, description = "The policy settings", body = Envelope<SettingsBody>), Denied))]
+async fn get_settings(State(api): State<Arc<Api>>) -> Res<SettingsBody> {
     let s = api.hub.policy.book.settings(&api.hub.registry)?;
-    Ok(ok(StatusCode::OK, s))
+    Ok(ok(s.into()))
 }
 
-async fn put_settings(State(api): State<Arc<Api>>, body: axum::body::Bytes) -> Res {
+#[utoipa::path(put, path = "/api/v1/settings", tag = "policies", security(("bearer" = [])),
+    request_body = SettingsBody,
+    responses(
+        (status = 200, description = "Replaced", body = Envelope<SettingsBody>),
+        (status = 400, description = "Not allow or block, or an unknown field", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn put_settings(State(api): State<Arc<Api>>, body: axum::body::Bytes) -> Res<SettingsBody> {
     let m = object(&body)?;
     if let Some(k) = m.keys().find(|k| k.as_str() != "default_action") {
         return Err(field(FieldError::new(k.clone(), "unknown field")));
@@ -173,7 +219,7 @@ async fn put_settings(State(api): State<Arc<Api>>, body: axum::body::Bytes) -> R
     api.hub.policy.book.set_settings(&api.hub.registry, s)?;
     api.policies_changed();
     tracing::info!(?default_action, "policy settings changed");
-    Ok(ok(StatusCode::OK, s))
+    Ok(ok(s.into()))
 }
 
 fn tags_of(body: &axum::body::Bytes) -> Result<Vec<String>, ApiError> {
@@ -219,28 +265,46 @@ pub fn creation_tags(tags: Option<&Value>) -> Result<Vec<String>, ApiError> {
     }
 }
 
+#[utoipa::path(patch, path = "/api/v1/nodes/{id}", tag = "nodes", security(("bearer" = [])),
+    params(IdPath),
+    request_body = TagsBody,
+    responses(
+        (status = 200, description = "The node with its new tags", body = Envelope<NodeView>),
+        (status = 400, description = "An invalid tag, or a field other than tags", body = ErrorEnvelope),
+        (status = 404, description = "No such node", body = ErrorEnvelope),
+        Denied,
+    ))]
 async fn patch_node(
     State(api): State<Arc<Api>>,
-    Path(id): Path<String>,
+    Path(id): Path<IdPath>,
     body: axum::body::Bytes,
-) -> Res {
-    let id = parse_id("node", &id)?;
+) -> Res<NodeView> {
+    let id = parse_id("node", &id.id)?;
     let tags = tags_of(&body)?;
     let n = api.hub.registry.set_node_tags(id, tags)?;
     api.policies_changed();
-    Ok(ok(StatusCode::OK, super::handlers::node_json(&n)))
+    Ok(ok(NodeView::from(&n)))
 }
 
+#[utoipa::path(patch, path = "/api/v1/devices/{id}", tag = "devices", security(("bearer" = [])),
+    params(IdPath),
+    request_body = TagsBody,
+    responses(
+        (status = 200, description = "The device with its new tags", body = Envelope<DeviceView>),
+        (status = 400, description = "An invalid tag, or a field other than tags", body = ErrorEnvelope),
+        (status = 404, description = "No such device", body = ErrorEnvelope),
+        Denied,
+    ))]
 async fn patch_device(
     State(api): State<Arc<Api>>,
-    Path(id): Path<String>,
+    Path(id): Path<IdPath>,
     body: axum::body::Bytes,
-) -> Res {
-    let id = parse_id("device", &id)?;
+) -> Res<DeviceView> {
+    let id = parse_id("device", &id.id)?;
     let tags = tags_of(&body)?;
     let d = api.hub.registry.set_device_tags(id, tags)?;
     api.policies_changed();
-    Ok(ok(StatusCode::OK, super::handlers::device_json(&d)))
+    Ok(ok(DeviceView::from(&d)))
 }
 
 /// Refuses (409) to delete a device or node that policies reference; the caller keeps
@@ -290,7 +354,14 @@ fn addr_of(world: &World, source: &str) -> Result<Ipv4Addr, ApiError> {
         })
 }
 
-async fn test(State(api): State<Arc<Api>>, body: axum::body::Bytes) -> Res {
+#[utoipa::path(post, path = "/api/v1/policies/test", tag = "policies", security(("bearer" = [])),
+    request_body = PolicyQuestion,
+    responses(
+        (status = 200, description = "The decision and the policy that made it", body = Envelope<PolicyDecision>),
+        (status = 400, description = "A field is invalid; the message names it", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn test_policy(State(api): State<Arc<Api>>, body: axum::body::Bytes) -> Res<PolicyDecision> {
     let m = object(&body)?;
     let reg = &api.hub.registry;
     let world = World::load(reg)?;
@@ -368,16 +439,17 @@ async fn test(State(api): State<Arc<Api>>, body: axum::body::Bytes) -> Res {
             json!(settings.default_action).as_str().unwrap_or("?")
         ),
     };
-    Ok(ok(
-        StatusCode::OK,
-        json!({
-            "action": d.action,
-            "policy": d.policy.map(|p| json!({"id": p.id.to_string(), "name": p.name, "precedence": p.precedence})),
-            "reason": reason,
-            "source": src.to_string(),
-            "enforced_by": enforced_by,
+    Ok(ok(PolicyDecision {
+        action: d.action.into(),
+        policy: d.policy.map(|p| DecidingPolicy {
+            id: p.id.to_string(),
+            name: p.name.clone(),
+            precedence: p.precedence,
         }),
-    ))
+        reason,
+        source: src.to_string(),
+        enforced_by,
+    }))
 }
 
 /// Prometheus lines for policy counters.
@@ -394,74 +466,13 @@ pub fn prometheus(api: &Api) -> String {
     api.hub.policy.counters.prometheus(&names)
 }
 
-/// Adds the policy endpoints (and `tags` on nodes and devices) to the OpenAPI `paths`;
-/// `op` makes one operation from a summary and an optional body schema.
-pub fn document(paths: &mut Value, op: fn(&str, Option<Value>) -> Value) {
-    let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
-    let list = json!({"type": "array", "items": {"type": "string"}});
-    let policy = json!({"type": "object", "required": ["name", "precedence", "action", "sources", "destinations"], "properties": {
-        "name": {"type": "string"}, "precedence": {"type": "integer", "minimum": 0},
-        "action": {"type": "string", "enum": ["allow", "block"]},
-        "sources": {"type": "array", "items": {"type": "string", "description": "any | device:ID | node:ID | tag:NAME | cidr:NETWORK"}},
-        "destinations": {"type": "array", "items": {"type": "string", "description": "any | device:ID | node:ID | tag:NAME | cidr:NETWORK"}},
-        "protocols": {"type": "array", "items": {"type": "string", "enum": ["tcp", "udp", "icmp"]}},
-        "ports": {"type": "array", "items": {"type": "string", "description": "22 or 8000-8100"}}}});
-    let tags = json!({"type": "object", "required": ["tags"], "properties": {"tags": list}});
-    let add = json!({
-        "/api/v1/policies": {
-            "get": op("List policies, lowest precedence first", None),
-            "post": op("Create a policy", Some(policy.clone()))
-        },
-        "/api/v1/policies/{id}": {
-            "parameters": id,
-            "get": op("Show a policy with counters (matches, drops) reported by agents", None),
-            "put": op("Replace a policy", Some(policy)),
-            "delete": op("Delete a policy", None)
-        },
-        "/api/v1/policies/test": {"post": op("Which policy decides a packet, and why", Some(json!({"type": "object", "required": ["source", "destination", "protocol"], "properties": {
-            "source": {"type": "string", "description": "IPv4 address, device:ID or node:ID"},
-            "destination": {"type": "string"}, "protocol": {"type": "string", "enum": ["tcp", "udp", "icmp"]},
-            "port": {"type": "integer"}}})))},
-        "/api/v1/settings": {
-            "get": op("Policy settings", None),
-            "put": op("Replace policy settings", Some(json!({"type": "object", "required": ["default_action"], "properties": {"default_action": {"type": "string", "enum": ["allow", "block"]}}})))
-        }
-    });
-    let (Some(paths), Value::Object(add)) = (paths.as_object_mut(), add) else {
-        return;
-    };
-    paths.extend(add);
-    for (path, what) in [
-        ("/api/v1/nodes/{id}", "node"),
-        ("/api/v1/devices/{id}", "device"),
-    ] {
-        if let Some(p) = paths.get_mut(path).and_then(Value::as_object_mut) {
-            p.insert(
-                "patch".into(),
-                op(&format!("Replace the {what}'s tags"), Some(tags.clone())),
-            );
-        }
-    }
-    for path in ["/api/v1/nodes", "/api/v1/devices"] {
-        if let Some(props) = paths.get_mut(path).and_then(|p| {
-            p["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
-                .as_object_mut()
-        }) {
-            props.insert("tags".into(), list.clone());
-        }
-    }
-}
-
-/// The authenticated policy routes.
-pub fn routes() -> Router<Arc<Api>> {
-    Router::new()
-        .route("/api/v1/policies", get(list).post(create))
-        .route("/api/v1/policies/test", post(test))
-        .route(
-            "/api/v1/policies/{id}",
-            get(show).put(update).delete(remove),
-        )
-        .route("/api/v1/settings", get(get_settings).put(put_settings))
-        .route("/api/v1/nodes/{id}", patch(patch_node))
-        .route("/api/v1/devices/{id}", patch(patch_device))
+/// The authenticated policy routes, with their documentation.
+pub fn routes() -> OpenApiRouter<Arc<Api>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_policies, create_policy))
+        .routes(routes!(test_policy))
+        .routes(routes!(show_policy, update_policy, delete_policy))
+        .routes(routes!(get_settings, put_settings))
+        .routes(routes!(patch_node))
+        .routes(routes!(patch_device))
 }

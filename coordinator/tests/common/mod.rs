@@ -48,7 +48,7 @@ impl Coordinator {
                 "test-colo",
             ])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("MESHGATE_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--only SUBSTRING]`: issue 7's benchmark report.
+//! `cargo xtask bench [--quick] [--only SUBSTRING]`: the benchmark report (`BENCHMARKS.md`).
 //!
 //! Builds the eBPF object and the release workspace, then runs every benchmark file
 //! `tests/tests/bench_*.rs` of `meshgate-tests` (found by listing the directory, so new

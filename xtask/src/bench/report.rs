@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::{machine::Machine, regress, run::Outcome, summary::Summary};
 
-/// The table rows of issue 7.
+/// The report's table rows, one per benchmark.
 const ROWS: &[(u8, &str)] = &[
     (1, "Failover outage"),
     (2, "Tunnel throughput"),
@@ -76,7 +76,7 @@ impl Report {
         s.push_str(
             "The machine is shared and noisy, so every figure is repeated (n ≥ 5) and given as \
              its median with the min–max spread, next to a baseline measured in the same run \
-             (the ratio column). Targets are goals of issue 7, not pass/fail tests; a missed \
+             (the ratio column). Targets are the project's goals, not pass/fail tests; a missed \
              one says by how much. \"committed\" is the median in the previous `BENCHMARKS.md`; \
              more than 20% worse is flagged as a regression. Regenerate with the command \
              above (as root) and commit `target/bench/report.md` as `BENCHMARKS.md`.\n\n",

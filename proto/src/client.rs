@@ -220,6 +220,11 @@ impl Session {
             }
         };
         let t = welcome.timings;
+        // A zero heartbeat would panic the heartbeat timer, and a lease shorter than two
+        // heartbeats could never be renewed: refuse the session instead.
+        t.validate().map_err(|e| {
+            ClientError::Protocol(format!("the coordinator sent unusable timings: {e}"))
+        })?;
         let mut lease = LeaseTracker::new(Duration::from_millis(t.guard_ms.into()));
         if welcome.role == Role::Active {
             lease.set_epoch(Some(welcome.epoch));

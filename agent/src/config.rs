@@ -61,6 +61,11 @@ pub struct RunArgs {
     /// retrying rather than exiting, so a coordinator fixed later finds it.
     #[arg(long, env = "MESHGATE_REFUSED_RETRY_MS", default_value_t = 30_000)]
     pub refused_retry_ms: u64,
+    /// How many coordinators to stay connected to at once: the token's addresses first,
+    /// then the members the coordinators announce. Traffic goes through one and moves
+    /// to another within a heartbeat or three when it stops answering.
+    #[arg(long, env = "MESHGATE_MAX_COORDINATORS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_coordinators: u16,
     /// Node only: a host this replica must reach to be of use, `IP` (ICMP echo) or
     /// `IP:PORT` (TCP connect); repeatable. When none answers for `--health-fall`
     /// rounds, an active hands over and a standby is not eligible until they answer again.

@@ -201,9 +201,36 @@ impl Failover {
         self.role
     }
 
+    /// The node's epoch as last told (never goes back).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// The agent-side lease deadline, if this replica holds a lease.
     pub fn lease_deadline(&self) -> Option<Instant> {
         self.lease_deadline
+    }
+
+    /// The lease deadline after a [`Event::Status`] with these fields. The agent hears
+    /// from every coordinator it is connected to, each renewing the same lease: a grant
+    /// from any of them extends the lease of the epoch this replica is active in (the
+    /// latest deadline counts, since each one alone is safe; see
+    /// `meshgate_proto::lease`), while a status of another epoch or role replaces it.
+    pub fn lease_after(
+        &self,
+        role: Role,
+        epoch: u64,
+        deadline: Option<Instant>,
+    ) -> Option<Instant> {
+        if epoch < self.epoch {
+            return self.lease_deadline;
+        }
+        let same_lease = role == Role::Active && self.role == Role::Active && epoch == self.epoch;
+        if same_lease {
+            self.lease_deadline.max(deadline)
+        } else {
+            deadline
+        }
     }
 
     /// Whether this replica can serve its subnet: LAN link up and health targets answering.
@@ -249,10 +276,10 @@ impl Failover {
                 if epoch < self.epoch {
                     return actions;
                 }
+                self.lease_deadline = self.lease_after(role, epoch, lease_deadline);
                 self.role = role;
                 self.epoch = epoch;
                 self.active = active;
-                self.lease_deadline = lease_deadline;
                 if role != Role::Active {
                     self.handover_requested = false;
                 }

@@ -219,6 +219,64 @@ fn a_renewed_lease_keeps_forwarding_without_steps() {
 }
 
 #[test]
+fn a_grant_from_any_coordinator_extends_the_lease_of_the_current_epoch() {
+    let (mut core, _) = started();
+    let now = Instant::now();
+    // Two coordinators renew the same lease; their statuses arrive interleaved.
+    core.handle(now, status(Role::Active, 3, None, Some(now + LEASE)));
+    let later = now + LEASE / 2;
+    core.handle(later, status(Role::Active, 3, None, Some(later + LEASE)));
+    // The other coordinator's status still carries the earlier grant (or none yet):
+    // the later deadline stays.
+    core.handle(later, status(Role::Active, 3, None, Some(now + LEASE)));
+    core.handle(later, status(Role::Active, 3, None, None));
+    assert_eq!(core.lease_deadline(), Some(later + LEASE));
+    assert!(
+        core.handle(now + LEASE, Event::Tick).is_empty(),
+        "still forwarding"
+    );
+    assert_eq!(core.forwarding(), Forwarding::Active { epoch: 3 });
+    // The one still granting dies: the lease runs out on its own.
+    let actions = core.handle(later + LEASE, Event::Tick);
+    assert!(matches!(
+        actions[0],
+        Action::SetXdpRole {
+            role: Role::Fenced,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_grant_of_an_older_epoch_from_another_coordinator_extends_nothing() {
+    let (mut core, _) = started();
+    let now = Instant::now();
+    core.handle(now, status(Role::Active, 4, None, Some(now + LEASE)));
+    let later = now + LEASE / 2;
+    core.handle(later, status(Role::Active, 3, None, Some(later + LEASE)));
+    assert_eq!(core.lease_deadline(), Some(now + LEASE));
+    // A newer epoch replaces the lease, even with an earlier deadline: a promotion
+    // elsewhere voids what this replica held.
+    core.handle(later, status(Role::Standby, 5, Some(peer(2)), None));
+    assert_eq!(core.lease_deadline(), None);
+    core.handle(
+        later,
+        status(Role::Active, 5, None, Some(later + LEASE / 4)),
+    );
+    assert_eq!(core.lease_deadline(), Some(later + LEASE / 4));
+}
+
+#[test]
+fn a_demotion_from_any_coordinator_ends_the_lease() {
+    let (mut core, _) = started();
+    let now = Instant::now();
+    core.handle(now, status(Role::Active, 2, None, Some(now + LEASE)));
+    core.handle(now, status(Role::Fenced, 2, None, None));
+    assert_eq!(core.lease_deadline(), None);
+    assert_eq!(core.forwarding(), Forwarding::Fenced { epoch: 2 });
+}
+
+#[test]
 fn a_message_of_an_older_epoch_changes_nothing() {
     let (mut core, _) = started();
     let now = Instant::now();

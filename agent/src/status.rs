@@ -161,14 +161,33 @@ pub enum ConnState {
 pub struct Connection {
     /// `connecting`, `connected`, `disconnected` or `refused`.
     pub state: ConnState,
-    /// The coordinator's address.
+    /// The address of the coordinator that carries outbound traffic (the primary).
     pub coordinator: Option<String>,
-    /// Round-trip time, as QUIC measures it.
+    /// Round-trip time to it, as QUIC measures it.
     pub rtt_ms: Option<f64>,
     /// Why the last attempt or session failed.
     pub last_error: Option<String>,
     /// Sessions opened since start.
     pub sessions: u64,
+    /// One entry per live coordinator connection (the agent keeps one to every
+    /// coordinator it knows, up to `--max-coordinators`).
+    #[serde(default)]
+    pub conns: Vec<CoordinatorConn>,
+}
+
+/// One live coordinator connection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoordinatorConn {
+    /// The coordinator's `--name`, once it said (it does right after the Welcome).
+    pub colo_name: Option<String>,
+    /// The address that answered.
+    pub addr: String,
+    /// When the session opened (RFC 3339).
+    pub opened_at: String,
+    /// Whether this connection carries the agent's outbound traffic now.
+    pub primary: bool,
+    /// Round-trip time, as QUIC measures it.
+    pub rtt_ms: Option<f64>,
 }
 
 /// One kernel step of a flip, named as in `status` and the logs.
@@ -330,6 +349,19 @@ pub fn human(r: &StatusReport) -> String {
         "  coordinator  {coordinator} {}{rtt}",
         json_name(c.state)
     );
+    for conn in &c.conns {
+        let name = conn.colo_name.as_deref().unwrap_or("?");
+        let primary = if conn.primary { ", primary" } else { "" };
+        let rtt = conn
+            .rtt_ms
+            .map(|ms| format!(", rtt {ms:.1} ms"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "    conn       {name} at {} since {}{primary}{rtt}",
+            conn.addr, conn.opened_at
+        );
+    }
     if let Some(err) = &c.last_error {
         let _ = writeln!(out, "  last error   {err}");
     }

@@ -72,6 +72,29 @@ impl Cluster {
         token_addrs(live)
     }
 
+    /// The members agents are told about ([`meshgate_proto::CoordMsg::Members`]): the
+    /// live ones in name order (this member alone without `--etcd`, or while etcd cannot
+    /// be read).
+    pub fn members(&self) -> meshgate_proto::Members {
+        let mut live = self
+            .etcd
+            .as_ref()
+            .and_then(|m| m.live().ok())
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| vec![self.me.clone()]);
+        live.sort_by(|a, b| a.name.cmp(&b.name));
+        meshgate_proto::Members {
+            you_reached: self.me.name.clone(),
+            members: live
+                .into_iter()
+                .map(|m| meshgate_proto::Member {
+                    name: m.name,
+                    public_addrs: m.public_addrs,
+                })
+                .collect(),
+        }
+    }
+
     /// The `/ready` check `cluster`, or `None` without `--etcd`.
     pub fn ready_check(&self) -> Option<String> {
         self.etcd.as_ref().map(|m| m.ready_check())
@@ -107,6 +130,25 @@ impl Cluster {
             "members": members,
             "etcd": m.etcd_health().await,
         })
+    }
+}
+
+/// How often the member list is read again for agents: a member that dies leaves etcd
+/// within its lease's TTL (seconds), so a second's delay on top adds little.
+const ANNOUNCE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps the member list that agents hear current, for as long as the process runs.
+pub async fn announce(cluster: Arc<Cluster>, hub: Arc<crate::hub::Hub>) {
+    loop {
+        let c = cluster.clone();
+        // Reading etcd blocks: off the runtime's workers.
+        if let Ok(m) = tokio::task::spawn_blocking(move || c.members()).await {
+            hub.set_members(m);
+        }
+        if cluster.etcd.is_none() {
+            return;
+        }
+        tokio::time::sleep(ANNOUNCE_EVERY).await;
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use ipnet::Ipv4Net;
 use meshgate_proto::{
-    CoordMsg, Hello, Id, Kind, PROTOCOL_VERSION, RefuseCode, RouteTable, Timings,
+    CoordMsg, Hello, Id, Kind, Members, PROTOCOL_VERSION, RefuseCode, RouteTable, Timings,
     id::valid_replica_id,
 };
 use tokio::sync::{mpsc, watch};
@@ -67,6 +67,8 @@ pub struct Hub {
     /// The current route table; each connection's writer sends the latest one, so a slow
     /// reader skips tables instead of queueing them.
     routes: watch::Sender<Arc<RouteTable>>,
+    /// The cluster's members as agents are told (empty until the cluster says).
+    members: watch::Sender<Arc<Members>>,
     next_conn: AtomicU64,
     fails: Mutex<FailLimiter>,
     writer: mpsc::UnboundedSender<Vec<(Id, u64)>>,
@@ -111,6 +113,7 @@ impl Hub {
             mesh,
             relay_version: watch::Sender::new(0),
             routes: watch::Sender::new(Arc::default()),
+            members: watch::Sender::new(Arc::default()),
             next_conn: AtomicU64::new(1),
             fails: Mutex::default(),
             writer,
@@ -343,6 +346,22 @@ impl Hub {
     /// The route table as it changes; each connection's writer follows it.
     pub fn routes(&self) -> watch::Receiver<Arc<RouteTable>> {
         self.routes.subscribe()
+    }
+
+    /// The cluster's members as they change; each connection's writer follows them.
+    pub fn members(&self) -> watch::Receiver<Arc<Members>> {
+        self.members.subscribe()
+    }
+
+    /// Tells every connected agent the cluster's members (only if they changed).
+    pub fn set_members(&self, members: Members) {
+        self.members.send_if_modified(|m| {
+            let changed = **m != members;
+            if changed {
+                *m = Arc::new(members);
+            }
+            changed
+        });
     }
 
     /// A node or device was deleted: close its connections (idempotent; the hub's own

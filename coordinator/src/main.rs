@@ -190,10 +190,12 @@ async fn serve(a: Serve) -> Result<()> {
             Cluster::on_etcd(me, Arc::new(membership))
         }
     };
+    let cluster = Arc::new(cluster);
+    tokio::spawn(cluster::announce(cluster.clone(), hub.clone()));
     let api_state = Arc::new(Api {
         hub: hub.clone(),
         admin_token: id.admin_token.clone(),
-        cluster: Arc::new(cluster),
+        cluster,
         fingerprint: id.fingerprint,
         quic_ready: false.into(),
     });

@@ -201,7 +201,7 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>) -> Result<()> {
     // send as soon as it has it. A session replaced meanwhile never appears: its
     // queued Refused goes out after the timeout.
     let _ = tokio::time::timeout(RELAY_WAIT, hub.relay_ready(conn_id)).await;
-    let writer = tokio::spawn(write_loop(send, ctl_rx, hub.routes()));
+    let writer = tokio::spawn(write_loop(send, ctl_rx, hub.routes(), hub.members()));
     let dconn = conn.clone();
     let dhub = hub.clone();
     let datagrams = tokio::spawn(async move {
@@ -219,11 +219,13 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>) -> Result<()> {
 }
 
 /// Writes a session's control messages: the Welcome (or a refusal) first, then the
-/// route table, then whatever comes — the latest route table whenever it changes.
+/// route table and the cluster's members, then whatever comes — the latest route table
+/// and member list whenever they change.
 async fn write_loop(
     mut send: quinn::SendStream,
     mut ctl: tokio::sync::mpsc::Receiver<CoordMsg>,
     mut routes: tokio::sync::watch::Receiver<Arc<meshgate_proto::RouteTable>>,
+    mut members: tokio::sync::watch::Receiver<Arc<meshgate_proto::Members>>,
 ) {
     let mut welcomed = false;
     let mut early = Vec::new();
@@ -244,6 +246,16 @@ async fn write_loop(
                 }
                 continue;
             }
+            changed = members.changed(), if welcomed => {
+                if changed.is_err() {
+                    break;
+                }
+                let m = members.borrow_and_update().clone();
+                if write_frame(&mut send, &CoordMsg::Members((*m).clone())).await.is_err() {
+                    break;
+                }
+                continue;
+            }
         };
         let refused = matches!(msg, CoordMsg::Refused { .. });
         let welcome = matches!(msg, CoordMsg::Welcome(_));
@@ -260,6 +272,14 @@ async fn write_loop(
             welcomed = true;
             let table = routes.borrow_and_update().clone();
             if write_routes(&mut send, &table).await.is_err() {
+                break;
+            }
+            let m = members.borrow_and_update().clone();
+            if !m.you_reached.is_empty()
+                && write_frame(&mut send, &CoordMsg::Members((*m).clone()))
+                    .await
+                    .is_err()
+            {
                 break;
             }
             for m in std::mem::take(&mut early) {

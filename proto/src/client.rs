@@ -314,17 +314,17 @@ impl Session {
     /// Ask the coordinator to move the active role away (drain or LAN link down).
     /// A [`CoordMsg::HandoverDone`] event follows once another replica is active.
     pub fn request_handover(&self, reason: HandoverReason) {
-        let _ = self.ctl.send(AgentMsg::RequestHandover { reason });
+        self.control().request_handover(reason);
     }
 
     /// Report the network-policy filter's counters.
     pub fn report_filter_counters(&self, counters: FilterCounters) {
-        let _ = self.ctl.send(AgentMsg::FilterCounters(counters));
+        self.control().report_filter_counters(counters);
     }
 
     /// Say goodbye and close the connection.
     pub async fn goodbye(self) {
-        let _ = self.ctl.send(AgentMsg::Goodbye);
+        self.control().goodbye();
         // Give the writer a moment to flush the Goodbye before closing.
         tokio::time::sleep(Duration::from_millis(20)).await;
         self.conn.close(0u32.into(), b"goodbye");
@@ -333,6 +333,38 @@ impl Session {
     /// The underlying QUIC connection, for callers that need more.
     pub fn connection(&self) -> &quinn::Connection {
         &self.conn
+    }
+
+    /// A handle that sends this session's requests from elsewhere (another task), for
+    /// as long as the session lives.
+    pub fn control(&self) -> Control {
+        Control {
+            ctl: self.ctl.clone(),
+        }
+    }
+}
+
+/// Sends a [`Session`]'s requests without holding the session; requests made after the
+/// session ended go nowhere.
+#[derive(Debug, Clone)]
+pub struct Control {
+    ctl: mpsc::UnboundedSender<AgentMsg>,
+}
+
+impl Control {
+    /// See [`Session::request_handover`].
+    pub fn request_handover(&self, reason: HandoverReason) {
+        let _ = self.ctl.send(AgentMsg::RequestHandover { reason });
+    }
+
+    /// See [`Session::report_filter_counters`].
+    pub fn report_filter_counters(&self, counters: FilterCounters) {
+        let _ = self.ctl.send(AgentMsg::FilterCounters(counters));
+    }
+
+    /// Say goodbye: the agent is leaving on purpose (the session closes when dropped).
+    pub fn goodbye(&self) {
+        let _ = self.ctl.send(AgentMsg::Goodbye);
     }
 }
 
@@ -454,7 +486,10 @@ async fn reader(
                 continue;
             }
             CoordMsg::HandoverDone { epoch } => status.send_modify(|st| st.epoch = *epoch),
-            CoordMsg::Refused { .. } | CoordMsg::Welcome(_) | CoordMsg::Filter(_) => {}
+            CoordMsg::Refused { .. }
+            | CoordMsg::Welcome(_)
+            | CoordMsg::Filter(_)
+            | CoordMsg::Members(_) => {}
         }
         drop(s);
         let _ = events.send(msg);

@@ -164,6 +164,29 @@ pub enum CoordMsg {
     /// One chunk of the network-policy filter this agent enforces on packets arriving
     /// from the tunnel (see [`Filter`]).
     Filter(Box<Filter>),
+    /// The coordinators of the cluster and which one this is: sent after the route table
+    /// that follows the Welcome, and again whenever the membership changes. Agents keep a
+    /// connection to every member (up to their limit), so they learn joins and leaves
+    /// here rather than from a new token.
+    Members(Members),
+}
+
+/// The coordinator cluster as one member describes it (see [`CoordMsg::Members`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    /// The sending coordinator's `--name` (the `colo_name` of this connection).
+    pub you_reached: String,
+    /// Every live member, the sender included, in name order.
+    pub members: Vec<Member>,
+}
+
+/// One coordinator of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its `--name`.
+    pub name: String,
+    /// The `HOST:PORT`s agents dial, in order of preference.
+    pub public_addrs: Vec<String>,
 }
 
 /// The network-policy filter of one participant: the rules in which it (or a subnet it

@@ -241,7 +241,10 @@ impl Agent {
                 Self::closed(w, i, session);
                 return;
             }
-            CoordMsg::Welcome(_) | CoordMsg::Routes(_) | CoordMsg::Filter(_) => return,
+            CoordMsg::Welcome(_)
+            | CoordMsg::Routes(_)
+            | CoordMsg::Filter(_)
+            | CoordMsg::Members(_) => return,
         }
         Self::feed_status(w, i);
     }

@@ -14,6 +14,7 @@
 pub mod arp;
 pub mod bench;
 pub mod blast;
+pub mod cluster;
 pub mod etcd;
 pub mod failover;
 pub mod failover_trials;

@@ -1,5 +1,6 @@
-//! The packet pump: TUN → QUIC datagrams and back, one task each way, so neither
-//! direction waits on the other. Counters are atomics read by `status`.
+//! The packet pump: TUN → QUIC datagrams through the [`Uplink`] (the primary coordinator
+//! connection), and back from every coordinator connection, one task each, so no
+//! direction waits on another. Counters are atomics read by `status`.
 //!
 //! On a node replica a [`Gate`] stops the pump from forwarding between the mesh and the
 //! LAN once its lease has run out. That matters after a freeze (SIGSTOP, a stalled VM):
@@ -23,6 +24,7 @@ use meshgate_proto::datagram::ipv4_src_dst;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
+use super::uplink::{SendError, Uplink};
 use crate::tun::Tun;
 
 /// Largest packet the TUN hands us (its MTU is never above this).
@@ -82,58 +84,66 @@ impl Gate {
     }
 }
 
-/// The two pump tasks of one session; dropping this stops them.
+/// A pump task; dropping this stops it.
 pub struct Pump {
-    tasks: [JoinHandle<()>; 2],
+    task: JoinHandle<()>,
 }
 
 impl Drop for Pump {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.task.abort();
     }
 }
 
-/// Starts moving packets between `tun` and `conn` until the connection closes.
-pub fn start(
+fn allows(gate: &Option<Gate>, packet: &[u8]) -> bool {
+    gate.as_ref().is_none_or(|g| g.allows(packet))
+}
+
+/// Starts moving packets from `tun` to the mesh through `uplink` (whichever coordinator
+/// connection is the primary), for as long as the agent runs.
+pub fn outbound(
+    tun: Arc<Tun>,
+    uplink: Uplink,
+    counters: Arc<PumpCounters>,
+    gate: Option<Gate>,
+) -> Pump {
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; BUF];
+        loop {
+            let n = match tun.recv(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    debug!(error = %e, "TUN read failed; stopping the outbound pump");
+                    return;
+                }
+            };
+            if !allows(&gate, &buf[..n]) {
+                counters.fenced.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match uplink.send_datagram(bytes::Bytes::copy_from_slice(&buf[..n])) {
+                Ok(()) => counters.tun_to_mesh.fetch_add(1, Ordering::Relaxed),
+                Err(SendError::TooLarge) => counters.too_big.fetch_add(1, Ordering::Relaxed),
+                Err(SendError::NoConnection | SendError::Failed) => {
+                    counters.send_failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }
+    });
+    Pump { task }
+}
+
+/// Starts writing what arrives on one coordinator connection to `tun`, until that
+/// connection closes: any coordinator may relay to this agent.
+pub fn inbound(
     tun: Arc<Tun>,
     conn: quinn::Connection,
     counters: Arc<PumpCounters>,
     gate: Option<Gate>,
 ) -> Pump {
-    let allows = move |packet: &[u8]| gate.as_ref().is_none_or(|g| g.allows(packet));
-    let outbound = {
-        let (tun, conn, counters, allows) =
-            (tun.clone(), conn.clone(), counters.clone(), allows.clone());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; BUF];
-            loop {
-                let n = match tun.recv(&mut buf).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        debug!(error = %e, "TUN read failed; stopping the outbound pump");
-                        return;
-                    }
-                };
-                if !allows(&buf[..n]) {
-                    counters.fenced.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                match conn.send_datagram(bytes::Bytes::copy_from_slice(&buf[..n])) {
-                    Ok(()) => counters.tun_to_mesh.fetch_add(1, Ordering::Relaxed),
-                    Err(quinn::SendDatagramError::TooLarge) => {
-                        counters.too_big.fetch_add(1, Ordering::Relaxed)
-                    }
-                    Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
-                    Err(_) => counters.send_failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
-    let inbound = tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Ok(packet) = conn.read_datagram().await {
-            if !allows(&packet) {
+            if !allows(&gate, &packet) {
                 counters.fenced.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -143,7 +153,5 @@ pub fn start(
             };
         }
     });
-    Pump {
-        tasks: [outbound, inbound],
-    }
+    Pump { task }
 }

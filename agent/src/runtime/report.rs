@@ -15,10 +15,10 @@ pub(super) fn source(
     agent: &Agent,
     plumbing: &Plumbing,
 ) -> Arc<dyn Fn() -> StatusReport + Send + Sync> {
-    let (report, counters, conn) = (
+    let (report, counters, uplink) = (
         agent.report.clone(),
         agent.counters.clone(),
-        agent.conn.clone(),
+        agent.uplink.clone(),
     );
     let xdp = plumbing.counter_source();
     let lease = plumbing.lease_source();
@@ -38,7 +38,18 @@ pub(super) fn source(
         r.lease_remaining_ms = deadline
             .filter(|_| r.forwarding == Role::Active && mode == Mode::Node)
             .map(|d| d.saturating_duration_since(now).as_millis() as u64);
-        r.connection.rtt_ms = lock(&conn).as_ref().map(|c| c.rtt().as_secs_f64() * 1000.0);
+        let rtts = uplink.rtts();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        r.connection.rtt_ms = r
+            .connection
+            .conns
+            .iter()
+            .any(|c| c.primary)
+            .then(|| rtts.first().map(|(_, d)| ms(*d)))
+            .flatten();
+        for c in &mut r.connection.conns {
+            c.rtt_ms = rtts.iter().find(|(a, _)| *a == c.addr).map(|(_, d)| ms(*d));
+        }
         r.counters.tun_to_mesh = counters.tun_to_mesh.load(Ordering::Relaxed);
         r.counters.mesh_to_tun = counters.mesh_to_tun.load(Ordering::Relaxed);
         r.counters.dropped = counters.dropped();

@@ -61,7 +61,7 @@ fn devices_hold_a_session_with_every_coordinator_and_survive_the_kill_of_theirs(
         report("d2 → d1", &back);
         let (o1, o2) = (outage_after(&fwd, killed)?, outage_after(&back, killed)?);
         println!(
-            "kill -9 of {primary} (carrying both devices' traffic): outage d1 → d2 {} ms, d2 → d1 {} ms",
+            "kill -9 of {primary} (carrying d1's outbound traffic): outage d1 → d2 {} ms, d2 → d1 {} ms",
             o1.as_millis(),
             o2.as_millis()
         );

@@ -34,6 +34,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     ("chromium-driver", "chromedriver"),
     ("lintian", "lintian"),
+    ("dpkg-dev", "dpkg-shlibdeps"),
 ];
 /// PyPI packages the browser test imports, as `(pip requirement, module)`.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[("selenium>=4.20", "selenium")];

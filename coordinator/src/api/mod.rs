@@ -4,6 +4,7 @@
 mod handlers;
 mod map;
 mod openapi;
+mod sysdump;
 mod ui;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use axum::routing::get;
 use serde::Serialize;
 use serde_json::json;
 
+pub use self::sysdump::offline as offline_sysdump;
 use crate::hub::Hub;
 use crate::registry::RegistryError;
 
@@ -153,15 +155,23 @@ fn replica_census(api: &Api) -> (usize, Vec<(String, &'static str, usize)>) {
     (participants, named)
 }
 
+fn metrics_text(api: &Api) -> String {
+    let (participants, replicas) = replica_census(api);
+    api.hub.metrics.prometheus(participants, &replicas)
+}
+
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
-    let (participants, replicas) = replica_census(&api);
-    let text = api.hub.metrics.prometheus(participants, &replicas);
+    let text = metrics_text(&api);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn stats(State(api): State<Arc<Api>>) -> Response {
+    ok(StatusCode::OK, stats_json(&api))
+}
+
+fn stats_json(api: &Api) -> serde_json::Value {
     use std::sync::atomic::Ordering::Relaxed as R;
-    let (participants, replicas) = replica_census(&api);
+    let (participants, replicas) = replica_census(api);
     let m = &api.hub.metrics;
     let drops: serde_json::Map<String, serde_json::Value> =
         m.drops().map(|(k, v)| (k.to_owned(), v.into())).collect();
@@ -169,20 +179,17 @@ async fn stats(State(api): State<Arc<Api>>) -> Response {
         .iter()
         .map(|(n, s, c)| json!({"node": n, "ha_status": s, "count": c}))
         .collect();
-    ok(
-        StatusCode::OK,
-        json!({
-            "participants_connected": participants,
-            "packets_relayed": m.packets.load(R),
-            "bytes_relayed": m.bytes.load(R),
-            "icmp_errors_sent": m.icmp_errors.load(R),
-            "failovers": m.failovers.load(R),
-            "registrations": m.registrations.load(R),
-            "auth_failures": m.auth_failures.load(R),
-            "drops": drops,
-            "replicas": replicas,
-        }),
-    )
+    json!({
+        "participants_connected": participants,
+        "packets_relayed": m.packets.load(R),
+        "bytes_relayed": m.bytes.load(R),
+        "icmp_errors_sent": m.icmp_errors.load(R),
+        "failovers": m.failovers.load(R),
+        "registrations": m.registrations.load(R),
+        "auth_failures": m.auth_failures.load(R),
+        "drops": drops,
+        "replicas": replicas,
+    })
 }
 
 async fn not_found() -> ApiError {
@@ -194,6 +201,7 @@ pub fn router(api: Arc<Api>) -> Router {
     let protected = handlers::routes()
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/map", get(map::map))
+        .route("/api/v1/support/sysdump", get(sysdump::download))
         .layer(middleware::from_fn_with_state(api.clone(), auth));
     Router::new()
         .merge(protected)

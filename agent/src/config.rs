@@ -8,7 +8,9 @@ use ipnet::Ipv4Net;
 use meshgate_proto::Token;
 
 /// How the XDP program is attached to the LAN interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Native (driver) mode, falling back to generic (skb) mode.

@@ -8,6 +8,8 @@ pub mod garp;
 pub mod link_watch;
 pub mod mss;
 pub mod netlink;
+pub mod policy;
+pub mod policy_task;
 pub mod runtime;
 pub mod state_dir;
 pub mod status;

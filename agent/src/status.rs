@@ -11,17 +11,21 @@ use std::{
 };
 
 use anyhow::Context;
+use meshgate_proto::{Kind, Role};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{UnixListener, UnixStream},
 };
 
-/// Everything `status` shows. Field names are the JSON contract for scripts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+use crate::config::XdpMode;
+
+/// Everything `status` shows. Field names and the lowercase enum values are the JSON
+/// contract for scripts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     /// `node` or `device`.
-    pub kind: String,
+    pub kind: Kind,
     /// The node's or device's name, once registered.
     pub name: Option<String>,
     /// This replica's persistent id.
@@ -30,11 +34,13 @@ pub struct StatusReport {
     pub mesh_ip: Option<String>,
     /// The coordinator connection.
     pub connection: Connection,
-    /// The coordinator's view of this replica: `active`, `standby`, `fenced` or `unknown`.
-    pub role: String,
+    /// The coordinator's view of this replica: `active`, `standby`, `fenced`, or
+    /// `unknown` before the coordinator has said anything.
+    #[serde(with = "role_or_unknown")]
+    pub role: Option<Role>,
     /// What the data plane does now: `active`, `standby` or `fenced`. Differs from `role`
     /// when the lease ran out before the coordinator said anything.
-    pub forwarding: String,
+    pub forwarding: Role,
     /// The node's epoch.
     pub epoch: u64,
     /// Milliseconds left on the lease, if this replica holds one.
@@ -50,7 +56,7 @@ pub struct StatusReport {
     /// The VIP is on the LAN interface now.
     pub holds_vip: bool,
     /// The XDP attach mode in effect: `native`, `skb` or `off`.
-    pub xdp_mode: String,
+    pub xdp_mode: XdpMode,
     /// The TUN device and its MTU.
     pub tun: String,
     /// The TUN device's MTU.
@@ -59,13 +65,91 @@ pub struct StatusReport {
     pub last_flip: Option<Flip>,
     /// Packet counters.
     pub counters: Counters,
+    /// The network-policy filter this agent enforces, once the coordinator sent one.
+    #[serde(default)]
+    pub filter: Option<crate::policy::FilterStatus>,
+}
+
+impl StatusReport {
+    /// The report of an agent that has just started: not registered, fenced, connecting.
+    pub fn starting(kind: Kind, replica_id: String, xdp_mode: XdpMode, tun: String) -> Self {
+        Self {
+            kind,
+            name: None,
+            replica_id,
+            mesh_ip: None,
+            connection: Connection::default(),
+            role: None,
+            forwarding: Role::Fenced,
+            epoch: 0,
+            lease_remaining_ms: None,
+            active_peer: None,
+            routes: Vec::new(),
+            lan_iface: None,
+            gateway_ip: None,
+            holds_vip: false,
+            xdp_mode,
+            tun,
+            tun_mtu: 0,
+            last_flip: None,
+            counters: Counters::default(),
+            filter: None,
+        }
+    }
+}
+
+/// `role` in JSON: the role's name, or `unknown` for `None`.
+mod role_or_unknown {
+    use meshgate_proto::Role;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Named {
+        Role(Role),
+        Unknown(Unknown),
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Unknown {
+        Unknown,
+    }
+
+    pub fn serialize<S: Serializer>(role: &Option<Role>, s: S) -> Result<S::Ok, S::Error> {
+        match role {
+            Some(r) => Named::Role(*r),
+            None => Named::Unknown(Unknown::Unknown),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Role>, D::Error> {
+        Ok(match Named::deserialize(d)? {
+            Named::Role(r) => Some(r),
+            Named::Unknown(_) => None,
+        })
+    }
+}
+
+/// The state of the coordinator connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnState {
+    /// Dialling, or registering.
+    #[default]
+    Connecting,
+    /// Registered; the session is up.
+    Connected,
+    /// The last attempt or session failed; a retry follows after a backoff.
+    Disconnected,
 }
 
 /// The coordinator connection.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Connection {
     /// `connecting`, `connected` or `disconnected`.
-    pub state: String,
+    pub state: ConnState,
     /// The coordinator's address.
     pub coordinator: Option<String>,
     /// Round-trip time, as QUIC measures it.
@@ -76,17 +160,39 @@ pub struct Connection {
     pub sessions: u64,
 }
 
+/// One kernel step of a flip, named as in `status` and the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// The mesh-bound prefixes installed in both prepared tables (and XDP).
+    Routes,
+    /// The standby table (and the XDP hairpin) pointed at the active replica.
+    StandbyPeer,
+    /// Only the XDP hairpin pointed at the active replica.
+    Hairpin,
+    /// The XDP program's role and epoch written.
+    XdpRole,
+    /// The policy rule switched to the other prepared table.
+    RouteFlip,
+    /// The VIP added to the LAN interface.
+    VipAcquire,
+    /// The VIP removed from the LAN interface.
+    VipRelease,
+    /// The first gratuitous ARP for the VIP sent.
+    Garp,
+}
+
 /// One applied role flip.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Flip {
     /// The data plane's role after the flip.
-    pub to: String,
+    pub to: Role,
     /// The epoch of the flip.
     pub epoch: u64,
     /// How long applying every step took, in microseconds.
     pub duration_us: u64,
     /// Each step with its duration in microseconds, in the order applied.
-    pub steps: Vec<(String, u64)>,
+    pub steps: Vec<(Step, u64)>,
     /// Wall-clock time of the flip, milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
     /// When its first step started, microseconds since the Unix epoch (to line the flip
@@ -160,6 +266,15 @@ pub async fn query(socket: &Path, timeout: Duration) -> anyhow::Result<StatusRep
     serde_json::from_slice(&body).context("the agent's status is not valid JSON")
 }
 
+/// A value's name in the JSON report (an enum's lowercase name), so the human form
+/// uses the same words as `--json`.
+fn json_name(v: impl Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        other => format!("{other:?}"),
+    }
+}
+
 /// The report for a person at a terminal.
 pub fn human(r: &StatusReport) -> String {
     let mut out = String::new();
@@ -167,13 +282,14 @@ pub fn human(r: &StatusReport) -> String {
     let _ = writeln!(
         out,
         "meshgate-agent: {} {name}, replica {}",
-        r.kind, r.replica_id
+        json_name(r.kind),
+        r.replica_id
     );
     let lease = r
         .lease_remaining_ms
         .map(|ms| format!(", lease {ms} ms left"))
         .unwrap_or_default();
-    let forwarding = if r.forwarding == r.role {
+    let forwarding = if Some(r.forwarding) == r.role {
         String::new()
     } else {
         format!(" — data plane {}", r.forwarding)
@@ -181,7 +297,8 @@ pub fn human(r: &StatusReport) -> String {
     let _ = writeln!(
         out,
         "  role         {} (epoch {}{lease}){forwarding}",
-        r.role, r.epoch
+        r.role.map_or("unknown", Role::name),
+        r.epoch
     );
     if let Some(peer) = &r.active_peer {
         let _ = writeln!(out, "  active peer  {peer}");
@@ -197,7 +314,11 @@ pub fn human(r: &StatusReport) -> String {
         .map(|ms| format!(", rtt {ms:.1} ms"))
         .unwrap_or_default();
     let coordinator = c.coordinator.as_deref().unwrap_or("-");
-    let _ = writeln!(out, "  coordinator  {coordinator} {}{rtt}", c.state);
+    let _ = writeln!(
+        out,
+        "  coordinator  {coordinator} {}{rtt}",
+        json_name(c.state)
+    );
     if let Some(err) = &c.last_error {
         let _ = writeln!(out, "  last error   {err}");
     }
@@ -207,7 +328,7 @@ pub fn human(r: &StatusReport) -> String {
         let _ = writeln!(
             out,
             "  lan          {lan}, gateway {vip} ({held}), xdp {}",
-            r.xdp_mode
+            json_name(r.xdp_mode)
         );
     }
     let _ = writeln!(out, "  tun          {} (mtu {})", r.tun, r.tun_mtu);
@@ -245,6 +366,9 @@ pub fn human(r: &StatusReport) -> String {
     if !k.xdp_routes.is_empty() {
         let _ = writeln!(out, "  per route    {}", join(&k.xdp_routes));
     }
+    if let Some(f) = &r.filter {
+        crate::policy::human(&mut out, f);
+    }
     out
 }
 
@@ -254,15 +378,46 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
+    fn starting() -> StatusReport {
+        StatusReport::starting(Kind::Node, "r1".into(), XdpMode::Native, "mg0".into())
+    }
+
+    #[test]
+    fn the_json_names_are_lowercase_and_unknown_before_registration() {
+        let mut r = starting();
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["kind"], "node");
+        assert_eq!(json["role"], "unknown");
+        assert_eq!(json["forwarding"], "fenced");
+        assert_eq!(json["xdp_mode"], "native");
+        assert_eq!(json["connection"]["state"], "connecting");
+        r.role = Some(Role::Standby);
+        r.last_flip = Some(Flip {
+            to: Role::Standby,
+            epoch: 2,
+            duration_us: 30,
+            steps: vec![(Step::XdpRole, 10), (Step::VipRelease, 20)],
+            at_unix_ms: 1,
+            started_unix_us: 1000,
+        });
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["role"], "standby");
+        assert_eq!(json["last_flip"]["to"], "standby");
+        assert_eq!(
+            json["last_flip"]["steps"],
+            serde_json::json!([["xdp-role", 10], ["vip-release", 20]])
+        );
+        assert_eq!(serde_json::from_value::<StatusReport>(json).unwrap(), r);
+    }
+
     #[tokio::test]
     async fn a_client_reads_what_the_server_reports() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let report = StatusReport {
-            kind: "node".into(),
-            role: "active".into(),
+            role: Some(Role::Active),
             epoch: 7,
-            ..Default::default()
+            ..starting()
         };
         let served = report.clone();
         let task = serve(socket.clone(), Arc::new(move || served.clone()))
@@ -298,12 +453,11 @@ mod tests {
     #[test]
     fn the_human_form_shows_role_and_a_fenced_data_plane() {
         let r = StatusReport {
-            kind: "node".into(),
             name: Some("web".into()),
-            role: "active".into(),
-            forwarding: "fenced".into(),
+            role: Some(Role::Active),
+            forwarding: Role::Fenced,
             epoch: 3,
-            ..Default::default()
+            ..starting()
         };
         let text = human(&r);
         assert!(

@@ -52,17 +52,36 @@ pub const MAX_ROUTE_IDS: u32 = 16_384;
 /// Index of the only entry of [`map::CONFIG`].
 pub const CONFIG_INDEX: u32 = 0;
 
-/// The replica's role, as written by the agent. Zero (the value of a fresh map) is
-/// `Fenced`, so a program attached before its first configuration forwards nothing.
+/// A replica's role in its node's HA group: what the coordinator grants, what the agent
+/// reports, and what the XDP program enforces. The one definition for all three.
+///
+/// In the eBPF maps it is stored as a `u32` ([`Config::role`]): the discriminants are that
+/// map representation, and zero (the value of a fresh map) is `Fenced`, so a program
+/// attached before its first configuration forwards nothing. [`Role::from_u32`] and
+/// [`Config::set_role`] are the only conversions.
+///
+/// On the wire (postcard) a variant travels as its *declaration index*, not its
+/// discriminant: keep the declaration order `Active, Standby, Fenced`. In JSON it is the
+/// lowercase name.
 #[repr(u32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum Role {
-    /// Forwards nothing toward the mesh (deposed, or not yet elected).
-    Fenced = 0,
-    /// Holds the lease: mesh-bound packets go toward the tunnel.
+    /// Holds the lease: forwards traffic between mesh and LAN while the lease is valid
+    /// (in XDP, mesh-bound packets go toward the tunnel). Devices are always `Active`
+    /// with epoch 0.
     Active = 1,
-    /// Bounces mesh-bound packets to the active replica's MAC (hairpin).
+    /// Healthy and eligible for promotion; bounces mesh-bound packets to the active
+    /// replica's MAC (hairpin).
     Standby = 2,
+    /// Forwards nothing toward the mesh and is not eligible for promotion (deposed,
+    /// drained, or not yet elected).
+    #[default]
+    Fenced = 0,
 }
 
 impl Role {
@@ -74,6 +93,21 @@ impl Role {
             2 => Self::Standby,
             _ => Self::Fenced,
         }
+    }
+
+    /// The lowercase name, as in JSON, logs and `status`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Standby => "standby",
+            Self::Fenced => "fenced",
+        }
+    }
+}
+
+impl core::fmt::Display for Role {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -222,6 +256,11 @@ impl Config {
     /// The role, decoded.
     pub const fn role(&self) -> Role {
         Role::from_u32(self.role)
+    }
+
+    /// Stores `role` in its map representation.
+    pub const fn set_role(&mut self, role: Role) {
+        self.role = role as u32;
     }
 
     /// The tunnel mode, decoded.

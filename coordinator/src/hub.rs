@@ -25,6 +25,7 @@ use crate::relay::{Errors, Sender, Table};
 
 mod epochs;
 mod events;
+mod policy_link;
 mod views;
 pub use events::{EventLog, NodeEvent};
 pub use views::ReplicaView;
@@ -67,6 +68,8 @@ pub struct Hub {
     pub metrics: Metrics,
     /// Recent election events per node.
     pub events: EventLog,
+    /// Network policies: the book, agents' counters, the change signal.
+    pub policy: crate::policy::Engine,
     timings: Timings,
     /// How long a replica that asked for handover overlaps its successor.
     handover_overlap: Duration,
@@ -108,6 +111,7 @@ impl Hub {
             registry,
             metrics: Metrics::default(),
             events: EventLog::default(),
+            policy: crate::policy::Engine::default(),
             timings,
             handover_overlap,
             mesh,

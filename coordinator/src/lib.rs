@@ -8,6 +8,7 @@ pub mod icmp;
 pub mod identity;
 pub mod ipam;
 pub mod metrics;
+pub mod policy;
 pub mod quic;
 pub mod registry;
 pub mod relay;

@@ -178,6 +178,7 @@ async fn serve(a: Serve) -> Result<()> {
         }
     });
     tokio::spawn(quic::serve(endpoint, hub.clone()));
+    tokio::spawn(meshgate_coordinator::policy::push::run(hub.clone()));
 
     tracing::info!(quic = %quic_addr, api = %api_addr, data_dir = %a.data_dir.display(), mesh = %ipam.cidr(), heartbeat_ms = a.heartbeat_ms, lease_ms = a.lease_ms, handover_overlap_ms = overlap, "coordinator started");
     // Machine-readable start-up lines on stdout, so scripts and tests can wait for them.

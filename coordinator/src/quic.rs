@@ -239,6 +239,7 @@ async fn control_loop(hub: &Hub, conn_id: u64, recv: &mut quinn::RecvStream) -> 
                 tracing::info!(conn = conn_id, ?reason, "handover requested");
                 hub.event(conn_id, |conn| Event::HandoverRequested { conn });
             }
+            Some(AgentMsg::FilterCounters(c)) => hub.policy_counters(conn_id, &c),
             Some(AgentMsg::Goodbye) | None => return Ok(()),
             Some(AgentMsg::Hello(_)) => anyhow::bail!("second Hello on one connection"),
         }

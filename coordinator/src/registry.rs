@@ -41,6 +41,9 @@ pub struct NodeRecord {
     pub created_at: String,
     /// SHA-256 of the token secret.
     pub token_hash: [u8; 32],
+    /// Tags network policies refer to (`tag:NAME`).
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// A device.
@@ -56,6 +59,9 @@ pub struct DeviceRecord {
     pub created_at: String,
     /// SHA-256 of the token secret.
     pub token_hash: [u8; 32],
+    /// Tags network policies refer to (`tag:NAME`).
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// A route advertised by a node.
@@ -229,6 +235,11 @@ impl Registry {
 
     /// Create a node.
     pub fn create_node(&self, name: &str, ha: bool) -> R<NodeRecord> {
+        self.create_node_tagged(name, ha, Vec::new())
+    }
+
+    /// Create a node with tags (already validated).
+    pub fn create_node_tagged(&self, name: &str, ha: bool, tags: Vec<String>) -> R<NodeRecord> {
         validate_name(name)?;
         let _g = self.lock();
         if self.list_nodes()?.iter().any(|n| n.name == name) {
@@ -243,6 +254,7 @@ impl Registry {
             ha,
             created_at: now_rfc3339(),
             token_hash: hash_secret(&self.secret(id)),
+            tags,
         };
         let key = format!("nodes/{id}");
         self.store.txn(
@@ -284,6 +296,11 @@ impl Registry {
 
     /// Enrol a device and allocate its Mesh IP.
     pub fn create_device(&self, name: &str) -> R<DeviceRecord> {
+        self.create_device_tagged(name, Vec::new())
+    }
+
+    /// Enrol a device with tags (already validated).
+    pub fn create_device_tagged(&self, name: &str, tags: Vec<String>) -> R<DeviceRecord> {
         validate_name(name)?;
         let _g = self.lock();
         if self.list_devices()?.iter().any(|d| d.name == name) {
@@ -299,6 +316,7 @@ impl Registry {
             mesh_ip: ip,
             created_at: now_rfc3339(),
             token_hash: hash_secret(&self.secret(id)),
+            tags,
         };
         ops.push(Op::put(format!("devices/{id}"), json(&dev)));
         self.store
@@ -326,6 +344,30 @@ impl Registry {
             ],
         )?;
         Ok(dev)
+    }
+
+    /// One device.
+    pub fn device(&self, id: Id) -> R<DeviceRecord> {
+        self.get(&format!("devices/{id}"))?
+            .ok_or_else(|| RegistryError::NotFound(format!("device {id}")))
+    }
+
+    /// Replace a node's tags (already validated).
+    pub fn set_node_tags(&self, id: Id, tags: Vec<String>) -> R<NodeRecord> {
+        let _g = self.lock();
+        let mut n = self.node(id)?;
+        n.tags = tags;
+        self.store.put(&format!("nodes/{id}"), &json(&n))?;
+        Ok(n)
+    }
+
+    /// Replace a device's tags (already validated).
+    pub fn set_device_tags(&self, id: Id, tags: Vec<String>) -> R<DeviceRecord> {
+        let _g = self.lock();
+        let mut d = self.device(id)?;
+        d.tags = tags;
+        self.store.put(&format!("devices/{id}"), &json(&d))?;
+        Ok(d)
     }
 
     /// Pick the next free address; returns the ops that record it.

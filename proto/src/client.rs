@@ -293,6 +293,11 @@ impl Session {
         let _ = self.ctl.send(AgentMsg::RequestHandover { reason });
     }
 
+    /// Report the network-policy filter's counters.
+    pub fn report_filter_counters(&self, counters: FilterCounters) {
+        let _ = self.ctl.send(AgentMsg::FilterCounters(counters));
+    }
+
     /// Say goodbye and close the connection.
     pub async fn goodbye(self) {
         let _ = self.ctl.send(AgentMsg::Goodbye);
@@ -415,7 +420,7 @@ async fn reader(
                 });
             }
             CoordMsg::HandoverDone { epoch } => status.send_modify(|st| st.epoch = *epoch),
-            CoordMsg::Refused { .. } | CoordMsg::Welcome(_) => {}
+            CoordMsg::Refused { .. } | CoordMsg::Welcome(_) | CoordMsg::Filter(_) => {}
         }
         drop(s);
         let _ = events.send(msg);

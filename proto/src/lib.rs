@@ -22,7 +22,10 @@
 //!    [`CoordMsg::Routes`] whenever the route table changes (full table, versioned);
 //! 5. agent → [`AgentMsg::RequestHandover`] to drain: the coordinator promotes a standby
 //!    first, then fences the requester and sends [`CoordMsg::HandoverDone`];
-//! 6. agent → [`AgentMsg::Goodbye`] before closing on purpose.
+//! 6. agent → [`AgentMsg::Goodbye`] before closing on purpose;
+//! 7. coordinator → [`CoordMsg::Filter`] (the participant's network-policy filter, in
+//!    chunks) after registration and whenever it changes; agent →
+//!    [`AgentMsg::FilterCounters`] every few seconds while one is in force.
 //!
 //! A malformed frame closes that one connection. Lease arithmetic — and why at most one
 //! replica forwards — is in [`lease`].

@@ -40,6 +40,9 @@ pub enum AgentMsg {
     },
     /// The agent is leaving on purpose; the coordinator may close the connection.
     Goodbye,
+    /// Packet counters of the network-policy filter this agent enforces, cumulative
+    /// since the agent started; sent every few seconds while a filter is installed.
+    FilterCounters(FilterCounters),
 }
 
 /// Registration: the first message an agent sends.
@@ -66,17 +69,8 @@ pub enum HandoverReason {
     LinkDown,
 }
 
-/// A replica's role in its node's HA group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Role {
-    /// Holds the lease: forwards traffic between mesh and LAN while the lease is valid.
-    /// Devices are always `Active` with epoch 0.
-    Active,
-    /// Healthy and eligible for promotion; hairpins LAN traffic to the active.
-    Standby,
-    /// Must forward nothing and is not eligible for promotion (drained or deposed).
-    Fenced,
-}
+/// A replica's role in its node's HA group; the same type the XDP program enforces.
+pub use meshgate_common::Role;
 
 /// Heartbeat and lease timings, chosen by the coordinator and sent in [`Welcome`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +142,57 @@ pub enum CoordMsg {
         /// The new epoch.
         epoch: u64,
     },
+    /// One chunk of the network-policy filter this agent enforces on packets arriving
+    /// from the tunnel (see [`Filter`]).
+    Filter(Box<Filter>),
+}
+
+/// The network-policy filter of one participant: the rules in which it (or a subnet it
+/// advertises) is a destination, with every source and destination resolved to
+/// networks, in precedence order (first match decides). Sent whole, in as many chunks as
+/// [`crate::frame::MAX_FRAME`] requires; the agent applies it once it holds every chunk
+/// of one `digest`, and ignores a digest it already enforces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filter {
+    /// Content hash of the whole filter (all chunks); names the set of chunks.
+    pub digest: u64,
+    /// This chunk's index, from 0.
+    pub chunk: u16,
+    /// How many chunks the filter has (at least 1).
+    pub chunks: u16,
+    /// Whether a packet that no rule matches is let through. A filter with no rules
+    /// that allows by default enforces nothing (the agent removes its table).
+    pub default_allow: bool,
+    /// This chunk's rules; their order across chunks is the order of evaluation.
+    pub rules: Vec<FilterRule>,
+}
+
+/// One compiled policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterRule {
+    /// The policy this rule comes from (counters are reported by it).
+    pub policy: Id,
+    /// Allow (and let replies through) or block.
+    pub allow: bool,
+    /// Source networks; `0.0.0.0/0` for any.
+    pub sources: Vec<Ipv4Net>,
+    /// Destination networks, already narrowed to the receiving participant's own.
+    pub destinations: Vec<Ipv4Net>,
+    /// IP protocol numbers; empty: any.
+    pub protocols: Vec<u8>,
+    /// Inclusive destination port ranges (TCP and UDP only); empty: any.
+    pub ports: Vec<(u16, u16)>,
+}
+
+/// Cumulative packet counts of an agent's filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterCounters {
+    /// Packets that matched each policy's rule (allowed flow checks or drops).
+    pub policies: Vec<(Id, u64)>,
+    /// Packets dropped because no rule matched and the default is block.
+    pub default_drops: u64,
+    /// Packets let through because no rule matched and the default is allow.
+    pub default_allows: u64,
 }
 
 /// Registration result.

@@ -34,8 +34,9 @@ pub const MAX_ADDRS: usize = 8;
 /// Longest token string accepted; bounds the work a garbage input can cause.
 pub const MAX_TOKEN_LEN: usize = 4096;
 
-/// What a token enrols.
+/// What a token enrols. Lowercase in JSON; postcard carries the variant index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// A gateway node; all its replicas share the token.
     Node,

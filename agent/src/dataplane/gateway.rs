@@ -207,7 +207,7 @@ impl Dataplane {
     /// Sets the role granted under `epoch`. Also raises the newest epoch seen, so a
     /// later [`Dataplane::observe_epoch`] with a higher epoch makes this role stale.
     pub fn set_role(&mut self, role: Role, epoch: u64) -> Result<(), DataplaneError> {
-        self.config.role = role as u32;
+        self.config.set_role(role);
         self.config.epoch = epoch;
         self.config.newest_epoch = self.config.newest_epoch.max(epoch);
         self.write_config()

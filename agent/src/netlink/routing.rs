@@ -23,14 +23,8 @@ use super::{
     rules::{Family, MAIN_TABLE, RuleSet, RuleSpec},
 };
 
-/// Which table the selector rule points at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Table {
-    /// Mesh prefixes go into the TUN.
-    Active,
-    /// Mesh prefixes go to the active replica over the LAN.
-    Standby,
-}
+/// Which table the selector rule points at: the failover core's own vocabulary.
+pub use crate::failover::Table;
 
 /// What the STANDBY table holds.
 #[derive(Debug, Clone, PartialEq, Eq)]

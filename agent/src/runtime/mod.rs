@@ -26,13 +26,12 @@ use crate::{
     config::RunArgs,
     failover::{Action, Event, Failover, Forwarding, Mode},
     state_dir,
-    status::{self, StatusReport},
+    status::{self, ConnState, StatusReport},
 };
 use backoff::Backoff;
 use drain::DrainExit;
 use plumbing::Plumbing;
 use pump::PumpCounters;
-use report::role_name;
 
 /// Runs the agent until SIGTERM/SIGINT (after a drain) or a fatal error; removes what it
 /// added to the kernel on every exit path.
@@ -48,6 +47,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .supervise(&mut plumbing)
         .await;
     plumbing.cleanup().await;
+    crate::policy_task::Enforcer::remove();
     result
 }
 
@@ -73,6 +73,7 @@ struct Agent {
     drain_exit: DrainExit,
     status_socket: std::path::PathBuf,
     local_prefixes: Vec<Ipv4Net>,
+    policy: crate::policy_task::Enforcer,
 }
 
 impl Agent {
@@ -84,19 +85,18 @@ impl Agent {
         plumbing: &Plumbing,
     ) -> Self {
         let report = StatusReport {
-            kind: if mode == Mode::Node { "node" } else { "device" }.into(),
-            replica_id: replica_id.clone(),
-            role: "unknown".into(),
-            forwarding: "fenced".into(),
             lan_iface: args.lan_iface.clone(),
             gateway_ip: args.gateway_ip.map(|v| v.to_string()),
-            tun: args.tun.clone(),
             connection: status::Connection {
-                state: "connecting".into(),
                 coordinator: token.addrs.first().cloned(),
                 ..Default::default()
             },
-            ..plumbing.report()
+            ..StatusReport::starting(
+                token.kind,
+                replica_id.clone(),
+                plumbing.xdp_mode(),
+                args.tun.clone(),
+            )
         };
         Self {
             token,
@@ -112,6 +112,7 @@ impl Agent {
             drain_exit: DrainExit::default(),
             status_socket: state_dir::status_socket(&args.state_dir),
             local_prefixes: Vec::new(),
+            policy: crate::policy_task::Enforcer::start(args.tun.clone()),
         }
     }
 
@@ -124,7 +125,7 @@ impl Agent {
         let mut attempt = 0u64;
         loop {
             attempt += 1;
-            self.set_connection("connecting", None);
+            self.set_connection(ConnState::Connecting, None);
             let mut opts = ConnectOptions::new(self.replica_id.clone());
             opts.lan = plumbing.lan_info();
             let connected = tokio::select! {
@@ -139,7 +140,7 @@ impl Agent {
                         Outcome::Shutdown => return Ok(()),
                         Outcome::Lost(why) => {
                             warn!(reason = %why, "lost the coordinator; reconnecting");
-                            self.set_connection("disconnected", Some(why));
+                            self.set_connection(ConnState::Disconnected, Some(why));
                             self.feed(plumbing, None, Event::Disconnected).await?;
                         }
                     }
@@ -152,7 +153,7 @@ impl Agent {
                 }
                 Err(e) => {
                     warn!(attempt, error = %e, "cannot reach the coordinator; retrying");
-                    self.set_connection("disconnected", Some(e.to_string()));
+                    self.set_connection(ConnState::Disconnected, Some(e.to_string()));
                 }
             }
             // Wait before the next attempt, fencing on time if a lease runs out meanwhile.
@@ -197,7 +198,7 @@ impl Agent {
             r.connection.sessions += 1;
         }
         *lock(&self.conn) = Some(session.connection().clone());
-        self.set_connection("connected", None);
+        self.set_connection(ConnState::Connected, None);
         let gate = (self.mode == Mode::Node).then(|| pump::Gate {
             lease: Arc::new(plumbing.lease_source()),
             own: welcome.mesh_ip,
@@ -212,6 +213,7 @@ impl Agent {
         let first = status_rx.borrow_and_update().clone();
         self.feed_status(plumbing, &session, &first, welcome.id)
             .await?;
+        let mut filter_report = tokio::time::interval(FILTER_REPORT_EVERY);
         let outcome = loop {
             let deadline = self
                 .core
@@ -236,6 +238,7 @@ impl Agent {
                         bail!("the coordinator ended this agent's session: {reason} (code {})", code.0)
                     }
                     Some(CoordMsg::HandoverDone { epoch }) => info!(epoch, "handover done"),
+                    Some(CoordMsg::Filter(f)) => self.policy.receive(*f),
                     Some(_) => {}
                 },
                 _ = sleep_until_opt(deadline) => self.feed(plumbing, Some(&session), Event::Tick).await?,
@@ -262,6 +265,9 @@ impl Agent {
                     break Outcome::Shutdown;
                 }
                 _ = sleep_until_opt(drain_poll) => {}
+                _ = filter_report.tick() => if let Some(c) = self.policy.report() {
+                    session.report_filter_counters(c);
+                },
             }
             if self.core.draining()
                 && self.drain_exit.may_leave(
@@ -340,12 +346,12 @@ impl Agent {
         let forwarding = self.core.forwarding();
         if forwarding.role() != Role::Active {
             // Leaving the active role starts with XDP: say so before the slower steps.
-            lock(&self.report).forwarding = role_name(forwarding.role()).into();
+            lock(&self.report).forwarding = forwarding.role();
         }
         let flip = plumbing.apply(&actions, forwarding.epoch()).await?;
         let mut r = lock(&self.report);
-        r.role = role_name(self.core.role()).into();
-        r.forwarding = role_name(forwarding.role()).into();
+        r.role = Some(self.core.role());
+        r.forwarding = forwarding.role();
         r.epoch = forwarding.epoch();
         r.active_peer = match forwarding {
             Forwarding::Standby { active, .. } => active.map(|a| a.ip.to_string()),
@@ -359,14 +365,17 @@ impl Agent {
         Ok(())
     }
 
-    fn set_connection(&self, state: &str, error: Option<String>) {
+    fn set_connection(&self, state: ConnState, error: Option<String>) {
         let mut r = lock(&self.report);
-        r.connection.state = state.into();
-        if error.is_some() || state == "connected" {
+        r.connection.state = state;
+        if error.is_some() || state == ConnState::Connected {
             r.connection.last_error = error;
         }
     }
 }
+
+/// How often the policy filter's counters go to the coordinator.
+const FILTER_REPORT_EVERY: Duration = Duration::from_secs(3);
 
 /// Refusals that retrying cannot fix: the token itself is the problem.
 fn is_fatal(code: RefuseCode) -> bool {

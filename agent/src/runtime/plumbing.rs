@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, bail};
 use aya::programs::XdpMode as AyaXdpMode;
 use ipnet::{IpNet, Ipv4Net};
-use meshgate_common::{Role as XdpRole, Verdict};
+use meshgate_common::Verdict;
 use meshgate_proto::{LanInfo, Role, Token, datagram};
 use tracing::{info, warn};
 
@@ -24,10 +24,8 @@ use crate::{
     garp,
     link_watch::{LinkState, LinkWatch},
     mss,
-    netlink::{
-        self, DesiredRouting, Netlink, Routing, RoutingConfig, StandbyPath, Table as RtTable,
-    },
-    status::{Flip, StatusReport},
+    netlink::{self, DesiredRouting, Netlink, Routing, RoutingConfig, StandbyPath},
+    status::{Flip, Step},
     sysctl::Sysctls,
     tun::Tun,
 };
@@ -54,7 +52,7 @@ pub struct Plumbing {
     tun: Arc<Tun>,
     lan: Option<Lan>,
     dataplane: Option<Arc<Mutex<Dataplane>>>,
-    xdp_mode: &'static str,
+    xdp_mode: XdpMode,
     route_ids: Arc<Mutex<BTreeMap<IpNet, u32>>>,
     sysctls: Sysctls,
     vip_held: bool,
@@ -106,9 +104,9 @@ impl Plumbing {
             mesh_ip: None,
             coordinator: coordinator_ip(token),
             selected: if mode == Mode::Node {
-                RtTable::Standby
+                Table::Standby
             } else {
-                RtTable::Active
+                Table::Active
             },
         };
         let mut routing = Routing::new(nl.clone(), config);
@@ -122,7 +120,7 @@ impl Plumbing {
         );
         let (dataplane, xdp_mode) = match &lan {
             Some(lan) => load_xdp(args.xdp_mode, lan, &tun)?,
-            None => (None, "off"),
+            None => (None, XdpMode::Off),
         };
         Ok(Self {
             mode,
@@ -163,13 +161,9 @@ impl Plumbing {
         self.vip_held
     }
 
-    /// The static part of the status report.
-    pub fn report(&self) -> StatusReport {
-        StatusReport {
-            xdp_mode: self.xdp_mode.into(),
-            tun: self.tun.name().into(),
-            ..Default::default()
-        }
+    /// The XDP attach mode in effect (never `auto`).
+    pub fn xdp_mode(&self) -> XdpMode {
+        self.xdp_mode
     }
 
     /// Gives the TUN the Mesh IP and the largest MTU the QUIC path carries; returns the MTU.
@@ -253,7 +247,7 @@ impl Plumbing {
             if matches!(action, Action::AcquireVip) && self.vip_held {
                 let step = Instant::now();
                 self.announce_vip();
-                steps.push(("garp".into(), micros(step.elapsed())));
+                steps.push((Step::Garp, micros(step.elapsed())));
             }
         }
         let flipped = actions.iter().any(|a| {
@@ -268,7 +262,7 @@ impl Plumbing {
         let duration_us = micros(started.elapsed());
         info!(epoch, to = ?to, duration_us, steps = ?steps, "flip applied");
         Ok(Some(Flip {
-            to: format!("{to:?}").to_lowercase(),
+            to,
             epoch,
             duration_us,
             steps,
@@ -277,7 +271,7 @@ impl Plumbing {
         }))
     }
 
-    async fn apply_one(&mut self, action: &Action) -> anyhow::Result<Option<String>> {
+    async fn apply_one(&mut self, action: &Action) -> anyhow::Result<Option<Step>> {
         Ok(Some(match action {
             Action::InstallRoutes(routes) => {
                 self.desired.prefixes = routes.iter().copied().map(IpNet::V4).collect();
@@ -291,7 +285,7 @@ impl Plumbing {
                         .replace_routes(&ids)
                         .context("failed to write the mesh routes to XDP")?;
                 }
-                "routes".into()
+                Step::Routes
             }
             Action::SetActivePeer(peer) => {
                 self.desired.standby = match (peer, &self.lan) {
@@ -310,7 +304,7 @@ impl Plumbing {
                         .set_active_mac(p.mac)
                         .context("failed to write the active's MAC to XDP")?;
                 }
-                "standby-peer".into()
+                Step::StandbyPeer
             }
             Action::SetHairpin(peer) => {
                 let Some(dp) = &self.dataplane else {
@@ -319,33 +313,24 @@ impl Plumbing {
                 lock(dp)
                     .set_active_mac(peer.mac)
                     .context("failed to write the active's MAC to XDP")?;
-                "hairpin".into()
+                Step::Hairpin
             }
             Action::SetXdpRole { role, epoch } => {
                 let Some(dp) = &self.dataplane else {
                     return Ok(None);
                 };
-                let xdp_role = match role {
-                    Role::Active => XdpRole::Active,
-                    Role::Standby => XdpRole::Standby,
-                    Role::Fenced => XdpRole::Fenced,
-                };
                 lock(dp)
-                    .set_role(xdp_role, *epoch)
+                    .set_role(*role, *epoch)
                     .context("failed to set the XDP role")?;
-                "xdp-role".into()
+                Step::XdpRole
             }
             Action::SelectTable(table) => {
-                let to = match table {
-                    Table::Active => RtTable::Active,
-                    Table::Standby => RtTable::Standby,
-                };
-                self.desired.selected = to;
+                self.desired.selected = *table;
                 self.routing
-                    .flip(to)
+                    .flip(*table)
                     .await
                     .context("failed to flip the routing table")?;
-                "route-flip".into()
+                Step::RouteFlip
             }
             Action::AcquireVip => {
                 let Some((iface, vip)) = self.vip() else {
@@ -356,7 +341,7 @@ impl Plumbing {
                     .await
                     .context("failed to add the VIP")?;
                 self.vip_held = true;
-                "vip-acquire".into()
+                Step::VipAcquire
             }
             Action::ReleaseVip => {
                 let Some((iface, vip)) = self.vip() else {
@@ -367,7 +352,7 @@ impl Plumbing {
                     .await
                     .context("failed to remove the VIP")?;
                 self.vip_held = false;
-                "vip-release".into()
+                Step::VipRelease
             }
             Action::RequestHandover(_) => return Ok(None),
         }))
@@ -533,17 +518,13 @@ async fn lan_side(nl: &Netlink, args: &RunArgs, proto: u8) -> anyhow::Result<Lan
 
 /// Loads XDP on the LAN interface per `--xdp-mode`; returns the handle and the mode in
 /// effect. The program starts fenced.
-fn load_xdp(
-    mode: XdpMode,
-    lan: &Lan,
-    tun: &Tun,
-) -> anyhow::Result<(Option<Dataplane>, &'static str)> {
+fn load_xdp(mode: XdpMode, lan: &Lan, tun: &Tun) -> anyhow::Result<(Option<Dataplane>, XdpMode)> {
     if mode == XdpMode::Off {
         info!("XDP off: the kernel's routing tables alone carry the traffic");
-        return Ok((None, "off"));
+        return Ok((None, XdpMode::Off));
     }
     let mut dp = Dataplane::load().context("failed to load the XDP program")?;
-    dp.set_role(XdpRole::Fenced, 0)
+    dp.set_role(Role::Fenced, 0)
         .context("failed to fence XDP before attaching")?;
     dp.set_own_mac(lan.mac)
         .context("failed to write the own MAC to XDP")?;
@@ -557,24 +538,24 @@ fn load_xdp(
         XdpMode::Native => {
             dp.attach(&lan.iface, AyaXdpMode::Driver)
                 .with_context(|| format!("failed to attach XDP to {} in native mode", lan.iface))?;
-            "native"
+            XdpMode::Native
         }
         XdpMode::Skb => {
             dp.attach(&lan.iface, AyaXdpMode::Skb)
                 .with_context(|| format!("failed to attach XDP to {} in skb mode", lan.iface))?;
-            "skb"
+            XdpMode::Skb
         }
         XdpMode::Auto | XdpMode::Off => {
             match dp
                 .attach_auto(&lan.iface)
                 .with_context(|| format!("failed to attach XDP to {}", lan.iface))?
             {
-                AyaXdpMode::Skb => "skb",
-                _ => "native",
+                AyaXdpMode::Skb => XdpMode::Skb,
+                _ => XdpMode::Native,
             }
         }
     };
-    info!(iface = %lan.iface, mode = used, "XDP attached");
+    info!(iface = %lan.iface, mode = ?used, "XDP attached");
     Ok((Some(dp), used))
 }
 

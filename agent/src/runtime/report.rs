@@ -23,35 +23,28 @@ pub(super) fn source(
     let xdp = plumbing.counter_source();
     let lease = plumbing.lease_source();
     let mode = agent.mode;
+    let filter = agent.policy.status();
     Arc::new(move || {
         let mut r = lock(&report).clone();
         let now = Instant::now();
         let deadline = lease();
-        if r.forwarding == "active" && mode == Mode::Node && deadline.is_none_or(|d| now >= d) {
+        if r.forwarding == Role::Active && mode == Mode::Node && deadline.is_none_or(|d| now >= d) {
             // The lease ran out and the core has not fenced yet (this process was frozen
             // until a moment ago): XDP already drops, and nothing forwards.
-            r.forwarding = "fenced".into();
+            r.forwarding = Role::Fenced;
         }
         r.lease_remaining_ms = deadline
-            .filter(|_| r.forwarding == "active" && mode == Mode::Node)
+            .filter(|_| r.forwarding == Role::Active && mode == Mode::Node)
             .map(|d| d.saturating_duration_since(now).as_millis() as u64);
         r.connection.rtt_ms = lock(&conn).as_ref().map(|c| c.rtt().as_secs_f64() * 1000.0);
         r.counters.tun_to_mesh = counters.tun_to_mesh.load(Ordering::Relaxed);
         r.counters.mesh_to_tun = counters.mesh_to_tun.load(Ordering::Relaxed);
         r.counters.dropped = counters.dropped();
+        r.filter = filter();
         if let Some((verdicts, routes)) = xdp() {
             r.counters.xdp_verdicts = verdicts;
             r.counters.xdp_routes = routes;
         }
         r
     })
-}
-
-/// A role as `status` names it.
-pub(super) fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Active => "active",
-        Role::Standby => "standby",
-        Role::Fenced => "fenced",
-    }
 }

@@ -23,7 +23,7 @@ fn body<T>(b: Body<T>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {}", e.body_text())))
 }
 
-fn parse_id(what: &str, s: &str) -> Result<Id, ApiError> {
+pub(super) fn parse_id(what: &str, s: &str) -> Result<Id, ApiError> {
     s.parse().map_err(|_| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -34,7 +34,7 @@ fn parse_id(what: &str, s: &str) -> Result<Id, ApiError> {
 }
 
 pub(super) fn node_json(n: &NodeRecord) -> serde_json::Value {
-    json!({"id": n.id.to_string(), "name": n.name, "ha": n.ha, "created_at": n.created_at})
+    json!({"id": n.id.to_string(), "name": n.name, "ha": n.ha, "created_at": n.created_at, "tags": n.tags})
 }
 
 pub(super) fn route_json(r: &RouteRecord) -> serde_json::Value {
@@ -42,7 +42,7 @@ pub(super) fn route_json(r: &RouteRecord) -> serde_json::Value {
 }
 
 pub(super) fn device_json(d: &DeviceRecord) -> serde_json::Value {
-    json!({"id": d.id.to_string(), "name": d.name, "mesh_ip": d.mesh_ip.to_string(), "created_at": d.created_at})
+    json!({"id": d.id.to_string(), "name": d.name, "mesh_ip": d.mesh_ip.to_string(), "created_at": d.created_at, "tags": d.tags})
 }
 
 impl Api {
@@ -59,11 +59,17 @@ struct NewNode {
     name: String,
     #[serde(default)]
     ha: bool,
+    #[serde(default)]
+    tags: Option<serde_json::Value>,
 }
 
 async fn create_node(State(api): State<Arc<Api>>, b: Body<NewNode>) -> Res {
     let b = body(b)?;
-    let n = api.hub.registry.create_node(b.name.trim(), b.ha)?;
+    let tags = super::policies::creation_tags(b.tags.as_ref())?;
+    let n = api
+        .hub
+        .registry
+        .create_node_tagged(b.name.trim(), b.ha, tags)?;
     tracing::info!(node = %n.name, id = %n.id, ha = n.ha, "node created");
     let mut v = node_json(&n);
     v["token"] = api.token(Kind::Node, n.id).into();
@@ -87,7 +93,10 @@ async fn show_node(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
 }
 
 async fn delete_node(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
-    let n = api.hub.registry.delete_node(parse_id("node", &id)?)?;
+    let id = parse_id("node", &id)?;
+    let guard = super::policies::guard_delete(&api, id, "node")?;
+    let n = api.hub.registry.delete_node(id)?;
+    drop(guard);
     api.hub.participant_deleted(n.id);
     tracing::info!(node = %n.name, id = %n.id, "node deleted");
     Ok(ok(StatusCode::OK, json!({"id": n.id.to_string()})))
@@ -150,11 +159,14 @@ async fn delete_route(
 #[derive(Deserialize)]
 struct NewDevice {
     name: String,
+    #[serde(default)]
+    tags: Option<serde_json::Value>,
 }
 
 async fn create_device(State(api): State<Arc<Api>>, b: Body<NewDevice>) -> Res {
     let b = body(b)?;
-    let d = api.hub.registry.create_device(b.name.trim())?;
+    let tags = super::policies::creation_tags(b.tags.as_ref())?;
+    let d = api.hub.registry.create_device_tagged(b.name.trim(), tags)?;
     tracing::info!(device = %d.name, id = %d.id, mesh_ip = %d.mesh_ip, "device enrolled");
     let mut v = device_json(&d);
     v["token"] = api.token(Kind::Device, d.id).into();
@@ -173,7 +185,10 @@ async fn list_devices(State(api): State<Arc<Api>>) -> Res {
 }
 
 async fn delete_device(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res {
-    let d = api.hub.registry.delete_device(parse_id("device", &id)?)?;
+    let id = parse_id("device", &id)?;
+    let guard = super::policies::guard_delete(&api, id, "device")?;
+    let d = api.hub.registry.delete_device(id)?;
+    drop(guard);
     api.hub.participant_deleted(d.id);
     Ok(ok(StatusCode::OK, json!({"id": d.id.to_string()})))
 }

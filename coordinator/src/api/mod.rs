@@ -4,6 +4,7 @@
 mod handlers;
 mod map;
 mod openapi;
+mod policies;
 mod sysdump;
 mod ui;
 
@@ -157,7 +158,9 @@ fn replica_census(api: &Api) -> (usize, Vec<(String, &'static str, usize)>) {
 
 fn metrics_text(api: &Api) -> String {
     let (participants, replicas) = replica_census(api);
-    api.hub.metrics.prometheus(participants, &replicas)
+    let mut text = api.hub.metrics.prometheus(participants, &replicas);
+    text.push_str(&policies::prometheus(api));
+    text
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
@@ -199,6 +202,7 @@ async fn not_found() -> ApiError {
 /// The router.
 pub fn router(api: Arc<Api>) -> Router {
     let protected = handlers::routes()
+        .merge(policies::routes())
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/map", get(map::map))
         .route("/api/v1/support/sysdump", get(sysdump::download))

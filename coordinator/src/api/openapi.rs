@@ -23,7 +23,7 @@ fn op(summary: &str, body: Option<Value>) -> Value {
 /// `GET /api/v1/openapi.json`.
 pub async fn document() -> Json<Value> {
     let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
-    Json(json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {"title": "meshgate coordinator", "version": env!("CARGO_PKG_VERSION")},
         "components": {
@@ -62,5 +62,7 @@ pub async fn document() -> Json<Value> {
             "/ready": {"get": {"summary": "Readiness with named checks", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
             "/metrics": {"get": {"summary": "Prometheus text", "responses": {"200": {"description": "metrics"}}}}
         }
-    }))
+    });
+    super::policies::document(&mut doc["paths"], op);
+    Json(doc)
 }

@@ -173,7 +173,7 @@ fn common(a: &mut Archive, data_dir: Option<&Path>) -> anyhow::Result<()> {
 }
 
 /// Nodes (with epoch, known replicas, routes and, live, connections and events),
-/// devices, routes and the store's revision.
+/// devices, routes, network policies and settings, and the store's revision.
 fn registry(a: &mut Archive, reg: &Registry, hub: Option<&Hub>) -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     for n in reg.list_nodes()? {
@@ -196,6 +196,13 @@ fn registry(a: &mut Archive, reg: &Registry, hub: Option<&Hub>) -> anyhow::Resul
     a.json("devices.json", &Value::Array(devices))?;
     let routes: Vec<Value> = reg.all_routes()?.iter().map(route_json).collect();
     a.json("routes.json", &Value::Array(routes))?;
+    let book = crate::policy::book::Book::default();
+    let policies = book.list(reg).map_err(|e| anyhow::anyhow!("policies: {e}"))?;
+    let settings = book.settings(reg).map_err(|e| anyhow::anyhow!("settings: {e}"))?;
+    a.json(
+        "policies.json",
+        &json!({"settings": settings, "policies": policies}),
+    )?;
     a.json(
         "store.json",
         &json!({"revision": reg.store().revision().ok()}),

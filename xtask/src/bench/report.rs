@@ -13,6 +13,7 @@ const ROWS: &[(u8, &str)] = &[
     (3, "XDP dataplane"),
     (4, "Route sync"),
     (5, "Coordinator scale"),
+    (6, "Network policies"),
 ];
 
 /// Everything one run found.

@@ -185,6 +185,7 @@ function nodeCard(n, selected) {
       n.ha ? h('span.badge.ha', {}, 'HA') : null,
       health,
       h('span.muted', {}, `epoch ${epoch} · ${replicas.length} replica${replicas.length === 1 ? '' : 's'}`),
+      tags(n.tags),
       h('span.grow'),
       h('button.quiet', {
         type: 'button', 'aria-pressed': selected ? 'true' : 'false',
@@ -204,10 +205,14 @@ function nodes(map) {
   return map.nodes.map((n) => nodeCard(n, n.id === state.selected));
 }
 
+function tags(list) {
+  return (list || []).map((t) => h('span.tag', { title: 'tag' }, t));
+}
+
 function devices(map) {
-  return table('Devices', ['Name', 'Mesh IP', 'Enrolled'],
+  return table('Devices', ['Name', 'Mesh IP', 'Tags', 'Enrolled'],
     map.devices.map((d) => h('tr', { dataset: { deviceId: d.id } },
-      h('td', {}, d.name), h('td.mono', {}, d.mesh_ip), h('td.muted', {}, d.created_at))),
+      h('td', {}, d.name), h('td.mono', {}, d.mesh_ip), h('td', {}, tags(d.tags)), h('td.muted', {}, d.created_at))),
     'No devices enrolled.');
 }
 
@@ -268,7 +273,7 @@ function render() {
   if (!map || !stats) return;
   redraw($('counters'), stats, () => counters(stats));
   redraw($('coordinators'), [map.coordinators, state.cluster], () => coordinators(map, state.cluster));
-  redraw($('nodes'), [map.nodes.map((n) => [n.id, n.name, n.ha, n.replicas, n.routes]), state.selected, Math.floor(Date.now() / 10000)], () => nodes(map));
+  redraw($('nodes'), [map.nodes.map((n) => [n.id, n.name, n.ha, n.tags, n.replicas, n.routes]), state.selected, Math.floor(Date.now() / 10000)], () => nodes(map));
   redraw($('devices'), map.devices, () => devices(map));
   redraw($('routes'), map.nodes.map((n) => [n.name, n.routes]), () => routes(map));
   redraw($('detail-body'), [state.selected, map.nodes.find((n) => n.id === state.selected), state.logs, state.replicaFilter], () => detail(map));

@@ -197,8 +197,12 @@ fn registry(a: &mut Archive, reg: &Registry, hub: Option<&Hub>) -> anyhow::Resul
     let routes: Vec<Value> = reg.all_routes()?.iter().map(route_json).collect();
     a.json("routes.json", &Value::Array(routes))?;
     let book = crate::policy::book::Book::default();
-    let policies = book.list(reg).map_err(|e| anyhow::anyhow!("policies: {e}"))?;
-    let settings = book.settings(reg).map_err(|e| anyhow::anyhow!("settings: {e}"))?;
+    let policies = book
+        .list(reg)
+        .map_err(|e| anyhow::anyhow!("policies: {e}"))?;
+    let settings = book
+        .settings(reg)
+        .map_err(|e| anyhow::anyhow!("settings: {e}"))?;
     a.json(
         "policies.json",
         &json!({"settings": settings, "policies": policies}),

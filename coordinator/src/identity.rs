@@ -12,11 +12,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// Everything the coordinator keeps on disk besides the store.
 pub struct Identity {
-    /// DER certificate (self-signed).
+    /// DER certificate: self-signed alone, or a cluster member's, signed by `ca`.
     pub cert: CertificateDer<'static>,
+    /// The cluster CA that signed `cert`, sent along in the handshake (cluster only).
+    pub ca: Option<CertificateDer<'static>>,
     /// Its private key.
     pub key: PrivateKeyDer<'static>,
-    /// SHA-256 of `cert`: what tokens pin.
+    /// SHA-256 of `cert` (alone) or of `ca` (cluster): what tokens pin.
     pub fingerprint: [u8; 32],
     /// The REST API bearer token.
     pub admin_token: String,
@@ -25,6 +27,13 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The certificate chain the QUIC endpoint presents.
+    pub fn cert_chain(&self) -> Vec<CertificateDer<'static>> {
+        std::iter::once(self.cert.clone())
+            .chain(self.ca.clone())
+            .collect()
+    }
+
     /// The QUIC stateless-reset key, derived from `token_key` so that it survives a
     /// restart: a restarted coordinator then answers packets of its predecessor's
     /// connections with a reset the agents accept, and they reconnect at once instead of
@@ -38,7 +47,7 @@ impl Identity {
     }
 }
 
-fn write_secret(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_secret(path: &Path, data: &[u8]) -> Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -50,7 +59,7 @@ fn write_secret(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -97,6 +106,7 @@ pub fn load_or_create(dir: &Path) -> Result<Identity> {
     let fingerprint = meshgate_proto::token::cert_fingerprint(&cert);
     Ok(Identity {
         cert,
+        ca: None,
         key,
         fingerprint,
         admin_token,

@@ -2,6 +2,7 @@
 //! relay. The binary in `main.rs` wires these modules together.
 
 pub mod api;
+pub mod cluster;
 pub mod election;
 pub mod hub;
 pub mod icmp;

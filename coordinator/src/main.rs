@@ -10,9 +10,12 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
 use meshgate_coordinator::api::{self, Api};
+use meshgate_coordinator::cluster::{self, Cluster, Member, Membership};
 use meshgate_coordinator::hub::Hub;
 use meshgate_coordinator::ipam::Ipam;
 use meshgate_coordinator::registry::Registry;
+use meshgate_coordinator::store::Store;
+use meshgate_coordinator::store::etcd::{Etcd, EtcdStore};
 use meshgate_coordinator::store::redb::RedbStore;
 use meshgate_coordinator::{identity, quic};
 use meshgate_proto::Timings;
@@ -83,6 +86,45 @@ struct Serve {
     /// heartbeats — the successor forwards once its first lease grant arrives.
     #[arg(long, env = "MESHGATE_HANDOVER_OVERLAP_MS")]
     handover_overlap_ms: Option<u32>,
+    /// Run as a member of a coordinator cluster whose state lives in etcd at these
+    /// endpoints (`http://HOST:2379`, comma-separated) instead of the embedded store.
+    #[arg(long, env = "MESHGATE_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key prefix of this cluster in etcd (several clusters can share one etcd).
+    #[arg(long, env = "MESHGATE_ETCD_PREFIX", default_value = "/meshgate")]
+    etcd_prefix: String,
+}
+
+/// The store and identity: the data dir's own, or the cluster's in etcd.
+struct Backend {
+    store: Arc<dyn Store>,
+    id: identity::Identity,
+    etcd: Option<(Arc<Etcd>, Arc<EtcdStore>)>,
+}
+
+fn backend(a: &Serve) -> Result<Backend> {
+    if a.etcd.is_empty() {
+        let id = identity::load_or_create(&a.data_dir)?;
+        let store =
+            RedbStore::open(&a.data_dir.join("store.redb")).context("failed to open the store")?;
+        return Ok(Backend {
+            store: Arc::new(store),
+            id,
+            etcd: None,
+        });
+    }
+    let prefix = a.etcd_prefix.trim_end_matches('/');
+    let etcd = Etcd::connect(&a.etcd).context("invalid --etcd")?;
+    let meta = EtcdStore::open(etcd.clone(), format!("{prefix}/cluster/"))
+        .with_context(|| format!("failed to reach etcd at {}", a.etcd.join(",")))?;
+    let id = cluster::identity::load_or_create(&meta, &a.data_dir, &a.name)?;
+    let store = EtcdStore::open(etcd.clone(), format!("{prefix}/kv/"))
+        .context("failed to open the store in etcd")?;
+    Ok(Backend {
+        store: Arc::new(store),
+        id,
+        etcd: Some((etcd, Arc::new(meta))),
+    })
 }
 
 fn main() -> Result<()> {
@@ -127,10 +169,8 @@ async fn serve(a: Serve) -> Result<()> {
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid timings: {e}"))?;
     let ipam = Ipam::new(a.mesh_cidr).context("invalid --mesh-cidr")?;
-    let id = identity::load_or_create(&a.data_dir)?;
-    let store =
-        RedbStore::open(&a.data_dir.join("store.redb")).context("failed to open the store")?;
-    let registry = Registry::new(Arc::new(store), ipam, id.token_key);
+    let Backend { store, id, etcd } = backend(&a)?;
+    let registry = Registry::new(store, ipam, id.token_key);
     let overlap = a
         .handover_overlap_ms
         .unwrap_or(a.heartbeat_ms.saturating_mul(3));
@@ -159,10 +199,23 @@ async fn serve(a: Serve) -> Result<()> {
     } else {
         a.public_addr.clone()
     };
+    let me = Member {
+        name: a.name.clone(),
+        public_addrs: token_addrs,
+        api_addr: api_addr.to_string(),
+        started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    let cluster = match etcd {
+        None => Cluster::single(me),
+        Some((etcd, meta)) => {
+            let membership = Membership::start(etcd, meta, &a.etcd_prefix, &me);
+            Cluster::on_etcd(me, Arc::new(membership))
+        }
+    };
     let api_state = Arc::new(Api {
         hub: hub.clone(),
         admin_token: id.admin_token.clone(),
-        token_addrs,
+        cluster: Arc::new(cluster),
         fingerprint: id.fingerprint,
         quic_ready: false.into(),
     });

@@ -65,7 +65,7 @@ pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig> {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("failed to select TLS 1.3")?
         .with_no_client_auth()
-        .with_single_cert(vec![id.cert.clone()], id.key.clone_key())
+        .with_single_cert(id.cert_chain(), id.key.clone_key())
         .context("failed to load the TLS identity")?;
     tls.alpn_protocols = vec![meshgate_proto::ALPN.to_vec()];
     // 0-RTT off: registration must not be replayable.

@@ -137,24 +137,26 @@ function counters(stats) {
 }
 
 function coordinators(map, cluster) {
-  const members = cluster ? (Array.isArray(cluster) ? cluster : cluster.members || []) : [];
-  if (members.length) {
-    const conns = Object.fromEntries(map.coordinators.map((c) => [c.name, c.replica_connections]));
-    return h('div.coords', {}, members.map((m) => {
-      const leads = m.leader || m.is_leader || m.decides || m.elector;
-      return h('div.coord', { dataset: { coordinator: m.name } },
-        h('div.coord-name', {}, m.name, leads ? h('span.badge.active', {}, 'decides elections') : null),
-        h('div.muted', {}, [m.status, m.public_addr, m.api_addr].filter(Boolean).join(' · ')),
-        h('div', {}, `${conns[m.name] || 0} replica connections`));
-    }));
+  const conns = Object.fromEntries(map.coordinators.map((c) => [c.name, c.replica_connections]));
+  const members = (cluster && cluster.members) || [];
+  if (!members.length) {
+    if (!map.coordinators.length) {
+      return h('p.empty', {}, `This coordinator (API ${location.host}, v${map.version}): no replica connected.`);
+    }
+    members.push(...map.coordinators.map((c) => ({ name: c.name, status: 'up' })));
   }
-  if (!map.coordinators.length) {
-    return h('p.empty', {}, `This coordinator (API ${location.host}, v${map.version}): no replica connected.`);
-  }
-  return h('div.coords', {}, map.coordinators.map((c) => h('div.coord', { dataset: { coordinator: c.name } },
-    h('div.coord-name', {}, c.name),
-    h('div.muted', {}, `v${map.version}`),
-    h('div', {}, `${c.replica_connections} replica connection${c.replica_connections === 1 ? '' : 's'}`))));
+  const etcd = cluster && cluster.etcd;
+  return [
+    h('div.coords', {}, members.map((m) => h(`div.coord.${m.status === 'up' ? 'up' : 'down'}`, { dataset: { coordinator: m.name, status: m.status } },
+      h('div.coord-name', {}, m.name,
+        m.status === 'up' ? null : h('span.badge.down', {}, m.status),
+        cluster && cluster.decider === m.name ? h('span.badge.active', { title: 'this member decides HA elections now' }, 'decides elections') : null,
+        m.self ? h('span.muted', {}, '(this API)') : null),
+      h('div.muted', {}, [(m.public_addrs || []).join(', '), m.api_addr && `API ${m.api_addr}`].filter(Boolean).join(' · ')),
+      h('div', {}, `${conns[m.name] || 0} replica connection${conns[m.name] === 1 ? '' : 's'}`)))),
+    etcd ? h('p.muted.etcd', {}, `etcd: ${JSON.stringify(etcd)}`) : null,
+    cluster ? h('p.muted', {}, `mode ${cluster.mode} · v${map.version}`) : null,
+  ];
 }
 
 function statusBadge(r) {

@@ -192,11 +192,7 @@ impl Lab {
 
     /// A new namespace on the transport network, with the next free address.
     pub fn host(&self, tag: &str) -> anyhow::Result<Netns> {
-        let ns = Netns::new(tag)?;
-        self.wan.attach(&ns, "eth0")?;
-        let n = self.next_host.fetch_add(1, Ordering::Relaxed);
-        ns.ip(&format!("addr add 10.99.0.{n}/24 dev eth0"))?;
-        Ok(ns)
+        transport_host(&self.wan, &self.next_host, tag)
     }
 
     /// Starts an agent in `ns` with `token` and extra flags; waits until it is connected.
@@ -219,6 +215,15 @@ impl Lab {
         agent.wait_connected(ns)?;
         Ok(agent)
     }
+}
+
+/// A new namespace on the transport network `wan` at `10.99.0.{next}` (then `next` grows).
+pub fn transport_host(wan: &Lan, next: &AtomicU8, tag: &str) -> anyhow::Result<Netns> {
+    let ns = Netns::new(tag)?;
+    wan.attach(&ns, "eth0")?;
+    let n = next.fetch_add(1, Ordering::Relaxed);
+    ns.ip(&format!("addr add 10.99.0.{n}/24 dev eth0"))?;
+    Ok(ns)
 }
 
 /// A running `meshgate-agent` and its state dir.

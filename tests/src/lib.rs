@@ -13,6 +13,7 @@
 
 pub mod bench;
 pub mod blast;
+pub mod etcd;
 pub mod failover;
 pub mod failover_trials;
 pub mod ha;

@@ -29,6 +29,16 @@ const PACKAGES: &[(&str, &str)] = &[
     ("socat", "socat"),
     ("procps", "pkill"),
     ("systemd", "systemd-analyze"),
+    // The coordinator cluster's tests run their own etcd members.
+    ("etcd-server", "etcd"),
+    ("etcd-client", "etcdctl"),
+    // The etcd client crate compiles etcd's gRPC definitions at build time: protoc and
+    // the well-known .proto files it imports (a file, not a program; a path works here).
+    ("protobuf-compiler", "protoc"),
+    (
+        "libprotobuf-dev",
+        "/usr/include/google/protobuf/descriptor.proto",
+    ),
     // The console's browser test (Selenium drives Debian's chromedriver and Chromium)
     // and `cargo xtask package`'s checks.
     ("chromium", "chromium"),

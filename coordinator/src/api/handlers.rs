@@ -49,7 +49,7 @@ impl Api {
     fn token(&self, kind: Kind, id: Id) -> String {
         self.hub
             .registry
-            .token(kind, id, self.token_addrs.clone(), self.fingerprint)
+            .token(kind, id, self.cluster.token_addrs(), self.fingerprint)
             .encode()
     }
 }

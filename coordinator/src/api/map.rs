@@ -16,7 +16,7 @@ use super::{Api, ApiError, ok};
 
 /// Optional endpoints the console may use (`logs`: per-node replica logs, `cluster`:
 /// `GET /api/v1/cluster`).
-const FEATURES: &[&str] = &[];
+const FEATURES: &[&str] = &["cluster"];
 
 /// `GET /api/v1/map`.
 pub async fn map(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {

@@ -1,6 +1,7 @@
 //! The REST API (axum): the Cloudflare-style envelope, bearer admin token, and the
 //! public probes `/ready` and `/metrics`. Resource handlers live in [`handlers`].
 
+mod cluster;
 mod handlers;
 mod map;
 mod openapi;
@@ -30,8 +31,9 @@ pub struct Api {
     pub hub: Arc<Hub>,
     /// Bearer token.
     pub admin_token: String,
-    /// Addresses tokens tell agents to dial.
-    pub token_addrs: Vec<String>,
+    /// The coordinator cluster (or this coordinator alone): what tokens tell agents to
+    /// dial, and `GET /api/v1/cluster`.
+    pub cluster: Arc<crate::cluster::Cluster>,
     /// Certificate fingerprint tokens pin.
     pub fingerprint: [u8; 32],
     /// Set once the QUIC listener is bound.
@@ -128,16 +130,19 @@ async fn ready(State(api): State<Arc<Api>>) -> Response {
     } else {
         "not listening"
     };
-    let all = store == "ok" && quic == "ok";
+    let mut checks = json!({"store": store, "quic_listener": quic});
+    if let Some(cluster) = api.cluster.ready_check() {
+        checks["cluster"] = cluster.into();
+    }
+    let all = checks
+        .as_object()
+        .is_some_and(|c| c.values().all(|v| v == "ok"));
     let status = if all {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    ok(
-        status,
-        json!({"ready": all, "checks": {"store": store, "quic_listener": quic}}),
-    )
+    ok(status, json!({"ready": all, "checks": checks}))
 }
 
 fn replica_census(api: &Api) -> (usize, Vec<(String, &'static str, usize)>) {
@@ -206,6 +211,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/map", get(map::map))
         .route("/api/v1/support/sysdump", get(sysdump::download))
+        .route("/api/v1/cluster", get(cluster::cluster))
         .layer(middleware::from_fn_with_state(api.clone(), auth));
     Router::new()
         .merge(protected)

@@ -56,10 +56,11 @@ pub async fn document() -> Json<Value> {
             },
             "/api/v1/devices/{id}": {"parameters": id, "delete": op("Delete a device", None)},
             "/api/v1/stats": {"get": op("JSON counters", None)},
+            "/api/v1/cluster": {"get": op("The coordinator cluster: members (name, public_addrs, api_addr, status up/down), which member decides elections, etcd health per endpoint; a lone coordinator lists itself", None)},
             "/api/v1/map": {"get": op("The whole network for the console: coordinators, nodes with replicas, routes and events, devices", None)},
             "/api/v1/support/sysdump": {"get": {"summary": "A support archive (tar.gz): versions, configuration, nodes, replicas, routes, events, counters, metrics, recent logs; secrets redacted", "security": [{"bearer": []}], "responses": {"200": {"description": "the archive", "content": {"application/gzip": {}}}, "4XX": {"description": "error envelope"}}}},
             "/ui/": {"get": {"summary": "The web console (static page; the API calls it makes need the token)", "responses": {"200": {"description": "HTML"}}}},
-            "/ready": {"get": {"summary": "Readiness with named checks", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+            "/ready": {"get": {"summary": "Readiness with named checks (store, quic_listener, and cluster with --etcd)", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
             "/metrics": {"get": {"summary": "Prometheus text", "responses": {"200": {"description": "metrics"}}}}
         }
     });

@@ -25,7 +25,8 @@ use crate::registry::Registry;
 
 /// `GET /api/v1/support/sysdump`: a `tar.gz`.
 pub async fn download(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
-    let built = tokio::task::spawn_blocking(move || live(&api))
+    let cluster = api.cluster.status().await;
+    let built = tokio::task::spawn_blocking(move || live(&api, &cluster))
         .await
         .map_err(|e| anyhow::anyhow!("sysdump task failed: {e}"))
         .and_then(|r| r);
@@ -48,7 +49,7 @@ pub async fn download(State(api): State<Arc<Api>>) -> Result<Response, ApiError>
         .into_response())
 }
 
-fn live(api: &Api) -> anyhow::Result<Vec<u8>> {
+fn live(api: &Api, cluster: &Value) -> anyhow::Result<Vec<u8>> {
     let reg = &api.hub.registry;
     let data_dir = own_data_dir();
     let mut secrets = data_dir.as_deref().map(dir_secrets).unwrap_or_default();
@@ -62,6 +63,7 @@ fn live(api: &Api) -> anyhow::Result<Vec<u8>> {
     let mut a = Archive::new(&top_dir(), secrets);
     common(&mut a, data_dir.as_deref())?;
     registry(&mut a, reg, Some(&api.hub))?;
+    a.json("cluster.json", cluster)?;
     a.json("stats.json", &stats_json(api))?;
     a.text("metrics.txt", &metrics_text(api))?;
     a.text("logs/coordinator.log", &crate::sysdump_logs::snapshot())?;
@@ -71,7 +73,7 @@ fn live(api: &Api) -> anyhow::Result<Vec<u8>> {
 fn token(api: &Api, kind: Kind, id: meshgate_proto::Id) -> String {
     api.hub
         .registry
-        .token(kind, id, api.token_addrs.clone(), api.fingerprint)
+        .token(kind, id, api.cluster.token_addrs(), api.fingerprint)
         .encode()
 }
 

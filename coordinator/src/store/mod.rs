@@ -1,11 +1,14 @@
 //! The coordinator's persistent state behind an interface shaped like etcd's: a flat
 //! key space of byte values with a global revision counter, atomic transactions with
 //! compare guards, leases that delete their keys when they lapse, and watches on a key
-//! prefix. A cluster backend on etcd can implement [`Store`] later without the rest of
-//! the coordinator changing.
+//! prefix, so that the rest of the coordinator runs unchanged on either backend.
 //!
 //! The embedded implementation is [`redb::RedbStore`]; see its module docs for why redb.
+//! A cluster of coordinators shares one [`etcd::EtcdStore`] instead (`serve --etcd`).
 
+#[cfg(test)]
+mod conformance;
+pub mod etcd;
 pub mod redb;
 
 use std::time::Duration;

@@ -326,51 +326,13 @@ mod tests {
     #[test]
     fn revisions_and_range() {
         let (_d, s) = open();
-        let r1 = s.put("nodes/a", b"1").unwrap();
-        let r2 = s.put("nodes/b", b"2").unwrap();
-        s.put("other", b"x").unwrap();
-        let r4 = s.put("nodes/a", b"3").unwrap();
-        assert!(r1 < r2 && r2 < r4);
-        let a = s.get("nodes/a").unwrap().unwrap();
-        assert_eq!(
-            (a.value.as_slice(), a.create_revision, a.mod_revision),
-            (&b"3"[..], r1, r4)
-        );
-        let keys: Vec<_> = s
-            .range("nodes/")
-            .unwrap()
-            .into_iter()
-            .map(|kv| kv.key)
-            .collect();
-        assert_eq!(keys, ["nodes/a", "nodes/b"]);
-        s.txn(&[], &[Op::DeletePrefix("nodes/".into())]).unwrap();
-        assert!(s.range("nodes/").unwrap().is_empty());
-        assert!(s.get("other").unwrap().is_some());
+        crate::store::conformance::revisions_and_range(&s);
     }
 
     #[test]
     fn compares_guard_transactions() {
         let (_d, s) = open();
-        assert!(
-            s.txn(&[Compare::Absent("k".into())], &[Op::put("k", "v")])
-                .unwrap()
-                .is_some()
-        );
-        assert!(
-            s.txn(&[Compare::Absent("k".into())], &[Op::put("k", "w")])
-                .unwrap()
-                .is_none()
-        );
-        let rev = s.get("k").unwrap().unwrap().mod_revision;
-        assert!(
-            s.txn(
-                &[Compare::ModRevision("k".into(), rev + 9)],
-                &[Op::Delete("k".into())]
-            )
-            .unwrap()
-            .is_none()
-        );
-        assert_eq!(s.get("k").unwrap().unwrap().value, b"v");
+        crate::store::conformance::compares_guard_transactions(&s);
     }
 
     #[test]

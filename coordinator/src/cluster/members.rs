@@ -1,0 +1,253 @@
+//! Membership in etcd: each member keeps a key on an etcd lease (`members/{name}`) that
+//! vanishes a few seconds after it dies, campaigns in etcd's election for "who decides",
+//! and reports etcd's health per endpoint.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{Client, PutOptions, Txn, TxnOp};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+use super::Member;
+use crate::store::Store as _;
+use crate::store::etcd::{Etcd, EtcdStore};
+
+/// TTL of a member's lease, in etcd's whole seconds: a dead member leaves the token
+/// address lists this long after its death.
+const MEMBER_TTL_S: i64 = 3;
+/// How often the lease is renewed (three tries per TTL).
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// How long to wait before registering again after losing the lease or etcd.
+const RETRY: Duration = Duration::from_millis(500);
+/// How long one endpoint may take to report its status.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// This member's registration, kept alive in the background.
+pub struct Membership {
+    etcd: Arc<Etcd>,
+    meta: Arc<EtcdStore>,
+    election: String,
+    prefix: String,
+    lease: Arc<AtomicI64>,
+    renewed_ms: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn parse(kvs: Vec<crate::store::KeyValue>) -> Vec<Member> {
+    kvs.into_iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect()
+}
+
+impl Membership {
+    /// Register `me` under `prefix` and keep it registered. `meta` is the store rooted
+    /// at `{prefix}/cluster/`.
+    pub fn start(etcd: Arc<Etcd>, meta: Arc<EtcdStore>, prefix: &str, me: &Member) -> Self {
+        let prefix = prefix.trim_end_matches('/').to_owned();
+        let election = format!("{prefix}/cluster/decider");
+        let lease = Arc::new(AtomicI64::new(0));
+        let renewed_ms = Arc::new(AtomicU64::new(0));
+        let task = etcd.handle().spawn(keep_registered(
+            etcd.clone(),
+            format!("{prefix}/cluster/"),
+            election.clone(),
+            me.clone(),
+            lease.clone(),
+            renewed_ms.clone(),
+        ));
+        Self {
+            etcd,
+            meta,
+            election,
+            prefix,
+            lease,
+            renewed_ms,
+            task,
+        }
+    }
+
+    /// The live members (their leases hold).
+    pub fn live(&self) -> Result<Vec<Member>, crate::store::StoreError> {
+        Ok(parse(self.meta.range("members/")?))
+    }
+
+    /// Every member ever registered, and the live ones.
+    pub fn known_and_live(&self) -> Result<(Vec<Member>, Vec<Member>), crate::store::StoreError> {
+        Ok((parse(self.meta.range("known/")?), self.live()?))
+    }
+
+    /// `ok` while this member's lease is held and was renewed within its TTL.
+    pub fn ready_check(&self) -> String {
+        let age = now_ms().saturating_sub(self.renewed_ms.load(Relaxed));
+        if self.lease.load(Relaxed) == 0 {
+            "failing: not registered in etcd".into()
+        } else if age > (MEMBER_TTL_S as u64) * 1000 {
+            format!("failing: etcd lease not renewed for {age} ms")
+        } else {
+            "ok".into()
+        }
+    }
+
+    /// The member that etcd's election names now, if any.
+    pub async fn decider(&self) -> Option<String> {
+        let mut c = self.etcd.client();
+        let name = self.election.clone();
+        self.etcd
+            .run(async move { c.leader(name).await })
+            .await?
+            .ok()?
+            .kv()
+            .and_then(|kv| String::from_utf8(kv.value().to_vec()).ok())
+    }
+
+    /// Status of each etcd endpoint given at start, and whether a majority is healthy.
+    pub async fn etcd_health(&self) -> Value {
+        let checks = self.etcd.endpoints().iter().cloned().map(|ep| async move {
+            let r = async {
+                let mut c = Etcd::single(ep.clone(), HEALTH_TIMEOUT).await?;
+                c.status().await
+            };
+            match tokio::time::timeout(HEALTH_TIMEOUT, r).await {
+                Ok(Ok(s)) => {
+                    let header = s.header();
+                    json!({
+                        "endpoint": ep,
+                        "healthy": s.errors().is_empty(),
+                        "leader": header.is_some_and(|h| h.member_id() == s.leader()),
+                        "version": s.version(),
+                        "raft_term": s.raft_term(),
+                        "revision": header.map(|h| h.revision()),
+                    })
+                }
+                Ok(Err(e)) => json!({"endpoint": ep, "healthy": false, "error": e.to_string()}),
+                Err(_) => json!({"endpoint": ep, "healthy": false, "error": "timed out"}),
+            }
+        });
+        let all = futures_join(checks.collect()).await;
+        let healthy = all.iter().filter(|e| e["healthy"] == true).count();
+        json!({
+            "prefix": self.prefix,
+            "healthy": healthy * 2 > all.len(),
+            "endpoints": all,
+        })
+    }
+}
+
+/// Run the health checks side by side on the etcd runtime.
+async fn futures_join<F>(checks: Vec<F>) -> Vec<Value>
+where
+    F: std::future::Future<Output = Value> + Send + 'static,
+{
+    let handles: Vec<_> = checks.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap_or(Value::Null));
+    }
+    out
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Register, renew until the lease is lost, register again; forever.
+async fn keep_registered(
+    etcd: Arc<Etcd>,
+    root: String,
+    election: String,
+    me: Member,
+    lease: Arc<AtomicI64>,
+    renewed_ms: Arc<AtomicU64>,
+) {
+    let mut client = etcd.client();
+    loop {
+        let id = match register(&mut client, &root, &me).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not register in etcd; retrying");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        lease.store(id, Relaxed);
+        renewed_ms.store(now_ms(), Relaxed);
+        tracing::info!(member = %me.name, lease = id, "registered in etcd");
+        let campaign = tokio::spawn(campaign(
+            election.clone(),
+            me.name.clone(),
+            id,
+            etcd.clone(),
+        ));
+        let lost = renew(&mut client, id, &renewed_ms).await;
+        campaign.abort();
+        lease.store(0, Relaxed);
+        tracing::warn!(member = %me.name, reason = %lost, "lost the etcd membership lease; registering again");
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+async fn register(client: &mut Client, root: &str, me: &Member) -> Result<i64, etcd_client::Error> {
+    let id = client.lease_grant(MEMBER_TTL_S, None).await?.id();
+    let value = serde_json::to_vec(me).expect("a member serialises");
+    client
+        .txn(Txn::new().and_then([
+            TxnOp::put(
+                format!("{root}members/{}", me.name),
+                value.clone(),
+                Some(PutOptions::new().with_lease(id)),
+            ),
+            TxnOp::put(format!("{root}known/{}", me.name), value, None),
+        ]))
+        .await?;
+    Ok(id)
+}
+
+/// Renew `lease` until it is gone; returns why.
+async fn renew(client: &mut Client, lease: i64, renewed_ms: &AtomicU64) -> String {
+    let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
+        Ok(k) => k,
+        Err(e) => return e.to_string(),
+    };
+    loop {
+        if let Err(e) = keeper.keep_alive().await {
+            return e.to_string();
+        }
+        let ttl = Duration::from_secs(MEMBER_TTL_S as u64);
+        match tokio::time::timeout(ttl, stream.message()).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => renewed_ms.store(now_ms(), Relaxed),
+            Ok(Ok(Some(_))) => return "the lease expired".into(),
+            Ok(Ok(None)) => return "keep-alive stream closed".into(),
+            Ok(Err(e)) => return e.to_string(),
+            Err(_) => return "no keep-alive answer within the TTL".into(),
+        }
+        tokio::time::sleep(RENEW_EVERY).await;
+    }
+}
+
+/// Stand in etcd's election on `lease` until elected (the campaign is etcd's; it ends
+/// when the lease does, and then the next candidate is elected).
+async fn campaign(election: String, name: String, lease: i64, etcd: Arc<Etcd>) {
+    let mut client = etcd.client();
+    loop {
+        // Each try is bounded by the request timeout, and etcd withdraws the candidate
+        // when a try ends unelected; that only reorders the members still waiting.
+        match client.campaign(election.clone(), name.clone(), lease).await {
+            Ok(_) => {
+                tracing::info!(member = %name, "this member now decides elections (etcd election won)");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "election campaign still waiting"),
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}

@@ -8,6 +8,7 @@
 //! a dead one shows as `down`), and `decider/` (etcd's election of the member that
 //! decides replica elections).
 
+mod follow;
 pub mod identity;
 mod members;
 
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use follow::follow;
 pub use members::Membership;
 
 /// One coordinator as other members and the API see it.

@@ -208,6 +208,7 @@ async fn serve(a: Serve) -> Result<()> {
     let cluster = match etcd {
         None => Cluster::single(me),
         Some((etcd, meta)) => {
+            tokio::spawn(cluster::follow(hub.registry.store().clone(), hub.clone()));
             let membership = Membership::start(etcd, meta, &a.etcd_prefix, &me);
             Cluster::on_etcd(me, Arc::new(membership))
         }

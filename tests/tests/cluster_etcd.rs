@@ -143,6 +143,19 @@ fn members_share_state_identity_and_tokens() -> anyhow::Result<()> {
             connected(0)? == 1 && connected(1)? == 0,
             "the agent is not on c1"
         );
+
+        // A route added through c2 reaches the agent on c1: c1 follows the store.
+        c.api(1)?
+            .post(&routes, &json!({"network": "10.30.0.0/16"}))?
+            .result()?;
+        let t = time_until(Duration::from_secs(2), "the route in the agent", || {
+            agent.status(&host).is_ok_and(|s| {
+                s["routes"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|x| x == "10.30.0.0/16"))
+            })
+        })?;
+        println!("a route added through c2 reached the agent on c1 after {t:?}");
         Ok(())
     };
     run().with_context(|| c.logs())

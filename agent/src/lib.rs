@@ -14,4 +14,5 @@ pub mod runtime;
 pub mod state_dir;
 pub mod status;
 pub mod sysctl;
+pub mod sysdump;
 pub mod tun;

@@ -137,24 +137,26 @@ function counters(stats) {
 }
 
 function coordinators(map, cluster) {
-  const members = cluster ? (Array.isArray(cluster) ? cluster : cluster.members || []) : [];
-  if (members.length) {
-    const conns = Object.fromEntries(map.coordinators.map((c) => [c.name, c.replica_connections]));
-    return h('div.coords', {}, members.map((m) => {
-      const leads = m.leader || m.is_leader || m.decides || m.elector;
-      return h('div.coord', { dataset: { coordinator: m.name } },
-        h('div.coord-name', {}, m.name, leads ? h('span.badge.active', {}, 'decides elections') : null),
-        h('div.muted', {}, [m.status, m.public_addr, m.api_addr].filter(Boolean).join(' · ')),
-        h('div', {}, `${conns[m.name] || 0} replica connections`));
-    }));
+  const conns = Object.fromEntries(map.coordinators.map((c) => [c.name, c.replica_connections]));
+  const members = (cluster && cluster.members) || [];
+  if (!members.length) {
+    if (!map.coordinators.length) {
+      return h('p.empty', {}, `This coordinator (API ${location.host}, v${map.version}): no replica connected.`);
+    }
+    members.push(...map.coordinators.map((c) => ({ name: c.name, status: 'up' })));
   }
-  if (!map.coordinators.length) {
-    return h('p.empty', {}, `This coordinator (API ${location.host}, v${map.version}): no replica connected.`);
-  }
-  return h('div.coords', {}, map.coordinators.map((c) => h('div.coord', { dataset: { coordinator: c.name } },
-    h('div.coord-name', {}, c.name),
-    h('div.muted', {}, `v${map.version}`),
-    h('div', {}, `${c.replica_connections} replica connection${c.replica_connections === 1 ? '' : 's'}`))));
+  const etcd = cluster && cluster.etcd;
+  return [
+    h('div.coords', {}, members.map((m) => h(`div.coord.${m.status === 'up' ? 'up' : 'down'}`, { dataset: { coordinator: m.name, status: m.status } },
+      h('div.coord-name', {}, m.name,
+        m.status === 'up' ? null : h('span.badge.down', {}, m.status),
+        cluster && cluster.decider === m.name ? h('span.badge.active', { title: 'this member decides HA elections now' }, 'decides elections') : null,
+        m.self ? h('span.muted', {}, '(this API)') : null),
+      h('div.muted', {}, [(m.public_addrs || []).join(', '), m.api_addr && `API ${m.api_addr}`].filter(Boolean).join(' · ')),
+      h('div', {}, `${conns[m.name] || 0} replica connection${conns[m.name] === 1 ? '' : 's'}`)))),
+    etcd ? h('p.muted.etcd', {}, `etcd: ${JSON.stringify(etcd)}`) : null,
+    cluster ? h('p.muted', {}, `mode ${cluster.mode} · v${map.version}`) : null,
+  ];
 }
 
 function statusBadge(r) {
@@ -185,6 +187,7 @@ function nodeCard(n, selected) {
       n.ha ? h('span.badge.ha', {}, 'HA') : null,
       health,
       h('span.muted', {}, `epoch ${epoch} · ${replicas.length} replica${replicas.length === 1 ? '' : 's'}`),
+      tags(n.tags),
       h('span.grow'),
       h('button.quiet', {
         type: 'button', 'aria-pressed': selected ? 'true' : 'false',
@@ -204,10 +207,14 @@ function nodes(map) {
   return map.nodes.map((n) => nodeCard(n, n.id === state.selected));
 }
 
+function tags(list) {
+  return (list || []).map((t) => h('span.tag', { title: 'tag' }, t));
+}
+
 function devices(map) {
-  return table('Devices', ['Name', 'Mesh IP', 'Enrolled'],
+  return table('Devices', ['Name', 'Mesh IP', 'Tags', 'Enrolled'],
     map.devices.map((d) => h('tr', { dataset: { deviceId: d.id } },
-      h('td', {}, d.name), h('td.mono', {}, d.mesh_ip), h('td.muted', {}, d.created_at))),
+      h('td', {}, d.name), h('td.mono', {}, d.mesh_ip), h('td', {}, tags(d.tags)), h('td.muted', {}, d.created_at))),
     'No devices enrolled.');
 }
 
@@ -268,7 +275,7 @@ function render() {
   if (!map || !stats) return;
   redraw($('counters'), stats, () => counters(stats));
   redraw($('coordinators'), [map.coordinators, state.cluster], () => coordinators(map, state.cluster));
-  redraw($('nodes'), [map.nodes.map((n) => [n.id, n.name, n.ha, n.replicas, n.routes]), state.selected, Math.floor(Date.now() / 10000)], () => nodes(map));
+  redraw($('nodes'), [map.nodes.map((n) => [n.id, n.name, n.ha, n.tags, n.replicas, n.routes]), state.selected, Math.floor(Date.now() / 10000)], () => nodes(map));
   redraw($('devices'), map.devices, () => devices(map));
   redraw($('routes'), map.nodes.map((n) => [n.name, n.routes]), () => routes(map));
   redraw($('detail-body'), [state.selected, map.nodes.find((n) => n.id === state.selected), state.logs, state.replicaFilter], () => detail(map));

@@ -22,6 +22,7 @@ import traceback
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
@@ -53,9 +54,29 @@ def severe(logs):
     return [entry for entry in logs if entry.get("level") == "SEVERE"]
 
 
+# The console redraws parts of the page every second, so an element found in one
+# WebDriver call may be gone by the next: every read of the page is one script.
+def js(driver, script, *args):
+    return driver.execute_script(script, *args)
+
+
 def active_replica(driver):
-    rows = driver.find_elements(By.CSS_SELECTOR, 'article[data-node-name="web"] tr[data-ha-status="active"]')
-    return (rows[0].get_attribute("data-replica-id"), int(rows[0].get_attribute("data-epoch"))) if rows else None
+    found = js(driver, """
+        const r = document.querySelector('article[data-node-name="web"] tr[data-ha-status="active"]');
+        return r ? [r.dataset.replicaId, Number(r.dataset.epoch)] : null;""")
+    return tuple(found) if found else None
+
+
+def count(driver, selector):
+    return js(driver, "return document.querySelectorAll(arguments[0]).length;", selector)
+
+
+def focus_key(driver):
+    return js(driver, "return document.activeElement && document.activeElement.dataset.focusKey || null;")
+
+
+def wait(driver, timeout, poll=0.1):
+    return WebDriverWait(driver, timeout, poll_frequency=poll, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def wait_file(path, timeout):
@@ -76,54 +97,51 @@ def run(url, workdir, token, shots, result):
 
 
 def drive(driver, url, workdir, token, shots, result):
-    wait = WebDriverWait(driver, 10)
     driver.get(url)
-    field = wait.until(EC.visibility_of_element_located((By.ID, "token")))
+    field = wait(driver, 10).until(EC.visibility_of_element_located((By.ID, "token")))
     driver.save_screenshot(os.path.join(shots, "console-signin.png"))
 
     # A wrong token is refused with a message and no console view.
     field.send_keys("not-the-admin-token", Keys.ENTER)
-    wait.until(EC.text_to_be_present_in_element((By.ID, "signin-error"), "refused"))
-    assert not driver.find_element(By.ID, "console").is_displayed()
+    wait(driver, 10).until(EC.text_to_be_present_in_element((By.ID, "signin-error"), "refused"))
+    assert js(driver, "return document.getElementById('console').hidden;"), "console shown"
     # The 403 itself is a network error Chromium logs; nothing else may be there.
     refused = driver.get_log("browser")
     unexpected = [e for e in severe(refused) if "403" not in e["message"]]
     assert not unexpected, f"console errors before sign-in: {unexpected}"
 
-    # Sign in with the keyboard only: the field has focus after the refusal.
-    field = driver.find_element(By.ID, "token")
-    field.clear()
+    # Sign in with the keyboard only: the field still has focus after the refusal.
+    assert js(driver, "return document.activeElement.id;") == "token", "focus left the field"
+    field = driver.switch_to.active_element
+    field.send_keys(Keys.CONTROL, "a")
     field.send_keys(token, Keys.ENTER)
-    wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, 'article[data-node-name="web"]')))
 
     # The map: node web with one active and one passive replica, the device, the route.
-    WebDriverWait(driver, 10).until(lambda d: len(d.find_elements(
-        By.CSS_SELECTOR, 'article[data-node-name="web"] tr[data-replica-id]')) == 2 and active_replica(d))
-    body = driver.find_element(By.TAG_NAME, "body").text
+    web = 'article[data-node-name="web"]'
+    wait(driver, 20).until(lambda d: count(d, f"{web} tr[data-replica-id]") == 2 and active_replica(d))
+    body = js(driver, "return document.body.innerText;")
     for expected in ["laptop", "192.168.50.0/24", "Packets relayed", "Failovers"]:
         assert expected in body, f"{expected!r} is not on the page"
     before, epoch = active_replica(driver)
-    passive = driver.find_elements(By.CSS_SELECTOR, 'article[data-node-name="web"] tr[data-ha-status="passive"]')
-    assert len(passive) == 1, "expected one passive replica"
-    coords = driver.find_elements(By.CSS_SELECTOR, "[data-coordinator]")
+    assert count(driver, f'{web} tr[data-ha-status="passive"]') == 1, "expected one passive replica"
+    coords = js(driver, "return [...document.querySelectorAll('[data-coordinator]')].map((c) => c.innerText);")
     assert coords, "no coordinator on the map"
-    result["coordinators"] = [c.text for c in coords]
+    result["coordinators"] = coords
     driver.save_screenshot(os.path.join(shots, "console-map.png"))
 
-    # The timeline lists the node's registrations; keyboard: Tab to the node's button.
-    # (Compared by key: a redraw replaces the element, keeping its focus.)
-    key = driver.find_element(By.CSS_SELECTOR, 'article[data-node-name="web"] header button').get_attribute("data-focus-key")
+    # Keyboard: Tab reaches the node's "Events & logs" button; Enter opens the timeline.
+    key = js(driver, f"return document.querySelector('{web} header button').dataset.focusKey;")
     for _ in range(60):
-        if driver.switch_to.active_element.get_attribute("data-focus-key") == key:
+        if focus_key(driver) == key:
             break
         driver.switch_to.active_element.send_keys(Keys.TAB)
     else:
         raise AssertionError("the node's Events & logs button is not reachable with Tab")
     driver.switch_to.active_element.send_keys(Keys.ENTER)
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#detail li[data-event="registered"]'))
+    wait(driver, 10).until(lambda d: count(d, '#detail li[data-event="registered"]') > 0)
 
     # A marker that a reload would wipe: the promotion must appear without one.
-    driver.execute_script("window.__meshgateNoReload = 42;")
+    js(driver, "window.__meshgateNoReload = 42;")
     with open(os.path.join(workdir, "active.tmp"), "w") as f:
         f.write(before)
     os.rename(os.path.join(workdir, "active.tmp"), os.path.join(workdir, "active"))
@@ -134,13 +152,13 @@ def drive(driver, url, workdir, token, shots, result):
         now = active_replica(d)
         return now if now and now[0] != before and now[1] > epoch else False
 
-    after, new_epoch = WebDriverWait(driver, PROMOTION_TIMEOUT_S, poll_frequency=0.05).until(promoted)
+    after, new_epoch = wait(driver, PROMOTION_TIMEOUT_S, 0.05).until(promoted)
     result["seen_after_kill_s"] = round(time.monotonic() - killed_at, 3)
-    assert driver.execute_script("return window.__meshgateNoReload;") == 42, "the page reloaded"
-    WebDriverWait(driver, 5).until(lambda d: d.find_elements(
-        By.CSS_SELECTOR, f'#detail li[data-event="promoted"][data-replica="{after}"][data-epoch="{new_epoch}"]'))
-    WebDriverWait(driver, 5).until(lambda d: d.find_element(
-        By.CSS_SELECTOR, '[data-counter="Failovers"] .value').text not in ("", "0"))
+    assert js(driver, "return window.__meshgateNoReload;") == 42, "the page reloaded"
+    promoted_event = f'#detail li[data-event="promoted"][data-replica="{after}"][data-epoch="{new_epoch}"]'
+    wait(driver, 5).until(lambda d: count(d, promoted_event) == 1)
+    failovers = "return document.querySelector('[data-counter=\"Failovers\"] .value').innerText;"
+    wait(driver, 5).until(lambda d: js(d, failovers) not in ("", "0"))
     result.update(before=before, after=after, epoch_before=epoch, epoch_after=new_epoch)
     time.sleep(1.2)  # one more poll, so the screenshot shows the settled map
     driver.save_screenshot(os.path.join(shots, "console-failover.png"))

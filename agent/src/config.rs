@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use ipnet::Ipv4Net;
-use meshgate_proto::Token;
+use meshgate_proto::{SecretText, Token};
 
 /// How the XDP program is attached to the LAN interface.
 #[derive(
@@ -33,7 +33,7 @@ pub struct RunArgs {
         hide_env_values = true,
         conflicts_with = "token_file"
     )]
-    pub token: Option<String>,
+    pub token: Option<SecretText>,
     /// A file holding the token (preferred: keeps it out of `ps` and the environment).
     #[arg(long, env = "MESHGATE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -56,13 +56,54 @@ pub struct RunArgs {
     /// How long a draining agent (SIGTERM) waits for a standby to take over.
     #[arg(long, env = "MESHGATE_DRAIN_TIMEOUT_MS", default_value_t = 5000)]
     pub drain_timeout_ms: u64,
+    /// First wait after the coordinator refused this agent (unknown, revoked or deleted
+    /// token, version mismatch); it doubles per refusal up to 5 minutes. The agent keeps
+    /// retrying rather than exiting, so a coordinator fixed later finds it.
+    #[arg(long, env = "MESHGATE_REFUSED_RETRY_MS", default_value_t = 30_000)]
+    pub refused_retry_ms: u64,
+    /// Node only: a host this replica must reach to be of use, `IP` (ICMP echo) or
+    /// `IP:PORT` (TCP connect); repeatable. When none answers for `--health-fall`
+    /// rounds, an active hands over and a standby is not eligible until they answer again.
+    #[arg(
+        long = "health-target",
+        env = "MESHGATE_HEALTH_TARGET",
+        value_delimiter = ','
+    )]
+    pub health_targets: Vec<crate::health::Target>,
+    /// Time between health-check rounds.
+    #[arg(long, env = "MESHGATE_HEALTH_INTERVAL_MS", default_value_t = 1000)]
+    pub health_interval_ms: u64,
+    /// How long one health check may take.
+    #[arg(long, env = "MESHGATE_HEALTH_TIMEOUT_MS", default_value_t = 1000)]
+    pub health_timeout_ms: u64,
+    /// Rounds in a row without an answer that make this replica unhealthy.
+    #[arg(long, env = "MESHGATE_HEALTH_FALL", default_value_t = 3)]
+    pub health_fall: u32,
+    /// Rounds in a row with an answer that make it healthy again.
+    #[arg(long, env = "MESHGATE_HEALTH_RISE", default_value_t = 2)]
+    pub health_rise: u32,
 }
 
 impl RunArgs {
+    /// The health watch these settings ask for (idle without targets).
+    pub fn health_watch(&self) -> crate::health::watch::HealthWatch {
+        crate::health::watch::HealthWatch::start(
+            self.health_targets.clone(),
+            crate::health::Thresholds {
+                fall: self.health_fall,
+                rise: self.health_rise,
+            },
+            crate::health::watch::Schedule {
+                interval: std::time::Duration::from_millis(self.health_interval_ms.max(1)),
+                timeout: std::time::Duration::from_millis(self.health_timeout_ms.max(1)),
+            },
+        )
+    }
+
     /// The token from `--token` or `--token-file`; an error names the token as the problem.
     pub fn token(&self) -> anyhow::Result<Token> {
         let text = match (&self.token, &self.token_file) {
-            (Some(token), _) => token.clone(),
+            (Some(token), _) => token.expose().to_owned(),
             (None, Some(file)) => std::fs::read_to_string(file)
                 .with_context(|| format!("failed to read the token file {}", file.display()))?,
             (None, None) => {
@@ -70,5 +111,27 @@ impl RunArgs {
             }
         };
         Token::decode(text.trim()).map_err(|e| anyhow::anyhow!("the token is malformed: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug() {
+        let token = "c2VjcmV0LXRva2VuLXRleHQ";
+        let cli = Cli::parse_from(["agent", "--token", token]);
+        let shown = format!("{:?}", cli.run);
+        assert!(!shown.contains(token), "{shown}");
+        assert_eq!(cli.run.token.as_ref().map(SecretText::expose), Some(token));
     }
 }

@@ -1,7 +1,7 @@
 //! The agent's failover core: a deterministic state machine with an injected clock and no
 //! I/O. It turns what the coordinator says (role, epoch, lease, the active replica's LAN
-//! identity, routes) and what the agent sees (its LAN link, a shutdown request) into an
-//! ordered list of kernel steps. The runtime (`runtime.rs`) applies them.
+//! identity, routes) and what the agent sees (its LAN link, its health targets, a shutdown
+//! request) into an ordered list of kernel steps. The runtime (`runtime.rs`) applies them.
 //!
 //! The order is what keeps two replicas from forwarding at once:
 //! - **demote**: XDP role off (bouncing to the successor at once, if one is known), then
@@ -120,6 +120,11 @@ pub enum Event {
         /// Whether the link is up.
         up: bool,
     },
+    /// The health targets (`--health-target`) stopped or started answering.
+    Health {
+        /// Whether at least one target answers.
+        healthy: bool,
+    },
     /// The agent is shutting down and wants to hand over first.
     Drain,
     /// Time passed (delivered at [`Failover::next_deadline`] at the latest).
@@ -146,6 +151,7 @@ pub struct Failover {
     lease_deadline: Option<Instant>,
     routes: Option<Vec<Ipv4Net>>,
     link_up: bool,
+    healthy: bool,
     draining: bool,
     handover_requested: bool,
 }
@@ -162,6 +168,7 @@ impl Failover {
             lease_deadline: None,
             routes: None,
             link_up: true,
+            healthy: true,
             draining: false,
             handover_requested: false,
         }
@@ -197,6 +204,12 @@ impl Failover {
     /// The agent-side lease deadline, if this replica holds a lease.
     pub fn lease_deadline(&self) -> Option<Instant> {
         self.lease_deadline
+    }
+
+    /// Whether this replica can serve its subnet: LAN link up and health targets answering.
+    /// One that cannot is not eligible for the active role.
+    pub fn serviceable(&self) -> bool {
+        self.link_up && self.healthy
     }
 
     /// Whether a drain was asked for.
@@ -262,16 +275,20 @@ impl Failover {
                 };
             }
             Event::Link { up } => self.link_up = up,
+            Event::Health { healthy } => self.healthy = healthy,
             Event::Drain => self.draining = true,
             Event::Tick => {}
         }
-        if self.mode == Mode::Node && self.role == Role::Active && !self.handover_requested {
-            let reason = if self.draining {
-                Some(HandoverReason::Drain)
-            } else if !self.link_up {
-                Some(HandoverReason::LinkDown)
-            } else {
-                None
+        if self.mode == Mode::Node && !self.handover_requested {
+            // An active hands over; a standby that cannot serve asks the same way, which
+            // makes the coordinator fence it: it is then never promoted until it registers
+            // again, healthy.
+            let reason = match self.role {
+                Role::Active if self.draining => Some(HandoverReason::Drain),
+                Role::Active | Role::Standby if !self.serviceable() => {
+                    Some(HandoverReason::LinkDown)
+                }
+                _ => None,
             };
             if let Some(reason) = reason {
                 self.handover_requested = true;

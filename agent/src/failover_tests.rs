@@ -304,12 +304,45 @@ fn a_drained_active_bounces_to_its_successor_once_fenced() {
 }
 
 #[test]
-fn a_standby_never_asks_for_handover() {
+fn a_standby_asks_to_be_fenced_only_when_it_cannot_serve() {
     let (mut core, _) = started();
     let now = Instant::now();
     core.handle(now, status(Role::Standby, 1, Some(peer(2)), None));
     assert!(core.handle(now, Event::Drain).is_empty());
-    assert!(core.handle(now, Event::Link { up: false }).is_empty());
+    assert_eq!(
+        core.handle(now, Event::Link { up: false }),
+        vec![Action::RequestHandover(HandoverReason::LinkDown)]
+    );
+    assert!(!core.serviceable());
+
+    let (mut core, _) = started();
+    core.handle(now, status(Role::Standby, 1, Some(peer(2)), None));
+    assert_eq!(
+        core.handle(now, Event::Health { healthy: false }),
+        vec![Action::RequestHandover(HandoverReason::LinkDown)],
+        "health targets that stop answering make a standby ineligible"
+    );
+    assert!(core.handle(now, Event::Tick).is_empty(), "asked once");
+    core.handle(now, status(Role::Fenced, 1, Some(peer(2)), None));
+    assert_eq!(core.forwarding(), Forwarding::Fenced { epoch: 1 });
+    assert!(core.handle(now, Event::Health { healthy: true }).is_empty());
+    assert!(core.serviceable(), "the runtime registers it again then");
+}
+
+#[test]
+fn an_active_whose_health_targets_fail_hands_over() {
+    let (mut core, _) = started();
+    let now = Instant::now();
+    core.handle(now, status(Role::Active, 1, None, Some(now + LEASE)));
+    assert_eq!(
+        core.handle(now, Event::Health { healthy: false }),
+        vec![Action::RequestHandover(HandoverReason::LinkDown)]
+    );
+    assert_eq!(
+        core.forwarding(),
+        Forwarding::Active { epoch: 1 },
+        "it keeps forwarding until the successor is promoted"
+    );
 }
 
 #[test]
@@ -349,6 +382,7 @@ enum Step {
     },
     Disconnected,
     Link(bool),
+    Health(bool),
     Drain,
     Advance(u16),
     /// Time passes without a tick: the process was frozen.
@@ -367,6 +401,7 @@ fn step() -> impl Strategy<Value = Step> {
         ),
         Just(Step::Disconnected),
         any::<bool>().prop_map(Step::Link),
+        any::<bool>().prop_map(Step::Health),
         Just(Step::Drain),
         (0u16..400).prop_map(Step::Advance),
         (0u16..400).prop_map(Step::Freeze),
@@ -395,6 +430,7 @@ proptest! {
                 }
                 Step::Disconnected => Event::Disconnected,
                 Step::Link(up) => Event::Link { up },
+                Step::Health(healthy) => Event::Health { healthy },
                 Step::Drain => Event::Drain,
                 Step::Advance(ms) => {
                     now += Duration::from_millis(u64::from(ms));

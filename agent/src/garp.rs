@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::tun::{control_socket, ifreq, index_of};
 
@@ -83,6 +83,26 @@ pub async fn announce(iface: &str, ip: Ipv4Addr, config: GarpConfig) -> io::Resu
     let sender = Announcer::new(iface, ip)?;
     sender.send()?;
     sender.repeat(config).await
+}
+
+/// Sends the first announcement now and the repeats from a background task (the
+/// default [`GarpConfig`]); failures are logged, since the VIP is in place either way.
+pub fn announce_now_and_later(iface: String, ip: Ipv4Addr) {
+    let sender = match Announcer::new(&iface, ip) {
+        Ok(sender) => sender,
+        Err(e) => {
+            warn!(error = %e, iface = %iface, "gratuitous ARP failed");
+            return;
+        }
+    };
+    if let Err(e) = sender.send() {
+        warn!(error = %e, iface = %iface, "gratuitous ARP failed");
+    }
+    tokio::spawn(async move {
+        if let Err(e) = sender.repeat(GarpConfig::default()).await {
+            warn!(error = %e, iface = %iface, "gratuitous ARP failed");
+        }
+    });
 }
 
 /// An announcement ready to go: socket, interface and frame prepared, so each frame is one

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use meshgate_agent::{config::RunArgs, runtime, state_dir, status};
+use meshgate_agent::{config::RunArgs, leftovers, runtime, state_dir, status};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -21,6 +21,9 @@ struct Cli {
 enum Command {
     /// Join the mesh with a token and stay connected (a systemd service runs this).
     Run(RunArgs),
+    /// Remove what an agent killed in this network namespace left there (routes, rules,
+    /// addresses, the MSS table); the systemd unit runs it after every stop.
+    Cleanup,
     /// Show the running agent's role, epoch, Mesh IP, coordinator, routes and counters.
     Status {
         /// Print JSON for scripts instead of the human report.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(args) => runtime::run(args).await,
+            Command::Cleanup => leftovers::remove().await,
             Command::Status {
                 json,
                 state_dir,

@@ -57,10 +57,16 @@ pub struct StatusReport {
     pub holds_vip: bool,
     /// The XDP attach mode in effect: `native`, `skb` or `off`.
     pub xdp_mode: XdpMode,
+    /// Why `--xdp-mode auto` chose what it did, or what the chosen mode cannot do.
+    #[serde(default)]
+    pub xdp_note: Option<String>,
     /// The TUN device and its MTU.
     pub tun: String,
     /// The TUN device's MTU.
     pub tun_mtu: u32,
+    /// The health checks (`--health-target`), if any.
+    #[serde(default)]
+    pub health: crate::health::Report,
     /// The last role flip this agent applied.
     pub last_flip: Option<Flip>,
     /// Packet counters.
@@ -89,8 +95,10 @@ impl StatusReport {
             gateway_ip: None,
             holds_vip: false,
             xdp_mode,
+            xdp_note: None,
             tun,
             tun_mtu: 0,
+            health: crate::health::Report::default(),
             last_flip: None,
             counters: Counters::default(),
             filter: None,
@@ -143,12 +151,15 @@ pub enum ConnState {
     Connected,
     /// The last attempt or session failed; a retry follows after a backoff.
     Disconnected,
+    /// The coordinator refused this agent (its token); a retry follows after a long
+    /// backoff, since only the coordinator's operator can change that.
+    Refused,
 }
 
 /// The coordinator connection.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Connection {
-    /// `connecting`, `connected` or `disconnected`.
+    /// `connecting`, `connected`, `disconnected` or `refused`.
     pub state: ConnState,
     /// The coordinator's address.
     pub coordinator: Option<String>,
@@ -330,6 +341,19 @@ pub fn human(r: &StatusReport) -> String {
             "  lan          {lan}, gateway {vip} ({held}), xdp {}",
             json_name(r.xdp_mode)
         );
+        if let Some(note) = &r.xdp_note {
+            let _ = writeln!(out, "  xdp note     {note}");
+        }
+    }
+    if r.health.state != "off" && !r.health.state.is_empty() {
+        let targets = r
+            .health
+            .targets
+            .iter()
+            .map(|(t, result)| format!("{t} {result}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(out, "  health       {}: {targets}", r.health.state);
     }
     let _ = writeln!(out, "  tun          {} (mtu {})", r.tun, r.tun_mtu);
     let routes = if r.routes.is_empty() {

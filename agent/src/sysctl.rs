@@ -10,6 +10,9 @@ use std::{io, path::PathBuf};
 use tracing::{info, warn};
 
 const ROOT: &str = "/proc/sys";
+/// The only part of `/proc/sys` the agent writes; the systemd unit keeps just this
+/// writable under `ProtectKernelTunables`.
+pub const WRITABLE_SUBTREE: &str = "net/";
 
 /// Reads a sysctl, trimmed.
 pub fn read(key: &str) -> io::Result<String> {
@@ -44,6 +47,12 @@ impl Sysctls {
     /// Sets `key` to `value`, remembering the old value if it differed (only the first
     /// time, so the value restored is the one from before the agent).
     pub fn set(&mut self, key: &str, value: &str) -> io::Result<()> {
+        if !key.starts_with(WRITABLE_SUBTREE) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{key}: the agent writes only under /proc/sys/{WRITABLE_SUBTREE}"),
+            ));
+        }
         let old = read(key)?;
         if old == value {
             return Ok(());

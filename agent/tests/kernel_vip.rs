@@ -12,6 +12,7 @@ use common::{addrs, ip_json, run_in, strs};
 use meshgate_agent::{
     garp::{self, GarpConfig},
     netlink::{Error, Netlink},
+    vip::VipKeeper,
 };
 use meshgate_tests::{Netns, require_root, veth};
 
@@ -104,8 +105,8 @@ fn vip_is_checked_added_announced_and_removed() -> anyhow::Result<()> {
                 Err(Error::NoSuchInterface(_))
             ));
 
-            nl.add_vip("eth0", vip, PROTO).await?;
-            nl.add_vip("eth0", vip, PROTO).await?; // idempotent
+            nl.add_vip("eth0", vip, PROTO, 60).await?;
+            nl.add_vip("eth0", vip, PROTO, 60).await?; // idempotent
             assert_eq!(
                 garp::fmt_mac(garp::interface_mac("eth0")?),
                 gw_mac,
@@ -156,6 +157,42 @@ fn vip_is_checked_added_announced_and_removed() -> anyhow::Result<()> {
         nl.remove_vip("eth0", "192.168.50.1/24".parse()?).await?; // idempotent
         anyhow::Ok(())
     })?;
+    assert_eq!(addrs(&gw, "eth0")?, strs(&["192.168.50.11/24"]));
+    Ok(())
+}
+
+/// The VIP is a kernel lease: put with a one-second lifetime and not renewed (its agent
+/// was killed), the kernel removes it within two seconds; renewed, it stays.
+#[test]
+#[ignore = "needs root: network namespaces"]
+fn vip_lapses_without_renewal_and_stays_while_renewed() -> anyhow::Result<()> {
+    require_root()?;
+    let gw = Netns::new("gw")?;
+    let host = Netns::new("host")?;
+    veth(&gw, "eth0", &host, "eth0")?;
+    gw.ip("addr add 192.168.50.11/24 dev eth0")?;
+    let with_vip = strs(&["192.168.50.11/24", "192.168.50.1/24"]);
+    run_in(&gw, || async {
+        let nl = Netlink::connect()?;
+        let keeper = VipKeeper::new(nl.clone());
+        let index = nl.link_index("eth0").await?;
+        keeper
+            .acquire(index, "192.168.50.1/24".parse()?, PROTO)
+            .await?;
+        // Three lifetimes with renewals: still there.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        anyhow::Ok(())
+    })?;
+    assert_eq!(addrs(&gw, "eth0")?, with_vip, "renewed, the VIP stays");
+    // The keeper is gone with its runtime (as with a killed agent): the VIP lapses.
+    let gone_at = Instant::now();
+    while addrs(&gw, "eth0")? == with_vip {
+        assert!(
+            gone_at.elapsed() < Duration::from_secs(2),
+            "the VIP outlived its holder by more than 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(addrs(&gw, "eth0")?, strs(&["192.168.50.11/24"]));
     Ok(())
 }

@@ -56,3 +56,50 @@ fn the_example_env_sets_only_known_variables() {
         }
     }
 }
+
+/// The settings of `section` (`[Unit]`, `[Service]`), as `key=value` lines.
+fn section(name: &str) -> Vec<&'static str> {
+    UNIT.lines()
+        .skip_while(|l| l.trim() != name)
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .collect()
+}
+
+#[test]
+fn systemd_never_gives_up_restarting_and_cleans_up_after_a_crash() {
+    let unit = section("[Unit]");
+    assert!(
+        unit.contains(&"StartLimitIntervalSec=0"),
+        "without it, a few quick failures stop the agent for good: {unit:?}"
+    );
+    let service = section("[Service]");
+    assert!(service.contains(&"Restart=on-failure"), "{service:?}");
+    let post = service
+        .iter()
+        .find_map(|l| l.strip_prefix("ExecStopPost="))
+        .expect("an ExecStopPost removes what a killed agent left");
+    let mut words = post.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/meshgate-agent"));
+    let sub = words.next().expect("a subcommand");
+    let help = Command::new(env!("CARGO_BIN_EXE_meshgate-agent"))
+        .args([sub, "--help"])
+        .output()
+        .expect("the agent binary runs");
+    assert!(help.status.success(), "`meshgate-agent {sub}` exists");
+}
+
+#[test]
+fn kernel_tunables_are_protected_except_what_the_agent_writes() {
+    let service = section("[Service]");
+    assert!(
+        service.contains(&"ProtectKernelTunables=yes"),
+        "{service:?}"
+    );
+    let writable = format!(
+        "ReadWritePaths=/proc/sys/{}",
+        meshgate_agent::sysctl::WRITABLE_SUBTREE.trim_end_matches('/')
+    );
+    assert!(service.contains(&writable.as_str()), "{service:?}");
+}

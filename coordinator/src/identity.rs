@@ -1,9 +1,12 @@
 //! The data directory: created on first start with the TLS identity, the admin token
-//! and the token-derivation key, each written once and mode 0600.
+//! and the token-derivation key, each written once, crash-safely (temporary file, fsync,
+//! rename, fsync of the directory) and mode 0600. Loading refuses secrets that other
+//! users can read, an empty or short admin token and a malformed token key, each with
+//! what to do about it.
 
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
@@ -47,16 +50,47 @@ impl Identity {
     }
 }
 
+/// Shortest admin token accepted, in characters. A generated one has 64 hex digits; an
+/// empty one would match an empty `Authorization: Bearer ` header.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
+/// Writes `data` to `path` crash-safely: a temporary file (mode 0600) is written and
+/// fsynced, renamed over `path`, and the directory fsynced, so after a crash `path` holds
+/// either nothing or all of `data`.
 pub(crate) fn write_secret(path: &Path, data: &[u8]) -> Result<()> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = Path::new(&tmp_name);
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
-        .open(path)
-        .with_context(|| format!("failed to create {}", path.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
+        .open(tmp)
+        .with_context(|| format!("failed to create {}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("failed to write {}", tmp.display()))?;
+    fs::rename(tmp, path).with_context(|| format!("failed to create {}", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("failed to sync the directory {}", dir.display()))?;
     Ok(())
+}
+
+/// Reads a secret file, refusing one that others may read or write.
+fn read_secret(path: &Path) -> Result<Vec<u8>> {
+    let meta = fs::metadata(path).with_context(|| format!("failed to read {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{} is open to other users (mode {mode:04o}) but holds a secret: run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    fs::read(path).with_context(|| format!("failed to read {}", path.display()))
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
@@ -70,39 +104,9 @@ pub fn load_or_create(dir: &Path) -> Result<Identity> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("failed to create data dir {}", dir.display()))?;
-    let (cert_p, key_p) = (dir.join("cert.der"), dir.join("key.der"));
-    if !cert_p.exists() {
-        let ck =
-            rcgen::generate_simple_self_signed(vec![meshgate_proto::client::SERVER_NAME.into()])
-                .context("failed to generate the TLS certificate")?;
-        // Key first: a crash between the two writes leaves no certificate without a key.
-        write_secret(&key_p, &ck.signing_key.serialize_der())?;
-        write_secret(&cert_p, ck.cert.der())?;
-    }
-    let cert = CertificateDer::from(fs::read(&cert_p).context("failed to read cert.der")?);
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        fs::read(&key_p).context("failed to read key.der")?,
-    ));
-    let admin_p = dir.join("admin-token");
-    if !admin_p.exists() {
-        let mut b = [0u8; 32];
-        rand::rng().fill_bytes(&mut b);
-        write_secret(&admin_p, format!("{}\n", hex(&b)).as_bytes())?;
-    }
-    let admin_token = fs::read_to_string(&admin_p)
-        .context("failed to read admin-token")?
-        .trim()
-        .to_owned();
-    let tk_p = dir.join("token-key");
-    if !tk_p.exists() {
-        let mut b = [0u8; 32];
-        rand::rng().fill_bytes(&mut b);
-        write_secret(&tk_p, &b)?;
-    }
-    let token_key: [u8; 32] = fs::read(&tk_p)
-        .context("failed to read token-key")?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("token-key must be 32 bytes"))?;
+    let (cert, key) = tls_identity(dir)?;
+    let admin_token = admin_token(dir)?;
+    let token_key = token_key(dir)?;
     let fingerprint = meshgate_proto::token::cert_fingerprint(&cert);
     Ok(Identity {
         cert,
@@ -112,6 +116,91 @@ pub fn load_or_create(dir: &Path) -> Result<Identity> {
         admin_token,
         token_key,
     })
+}
+
+/// The TLS certificate and key, generated when neither is there. A key without a
+/// certificate is what a crash between the two writes leaves (the key goes first, and no
+/// token can pin a certificate never written), so it is replaced; a certificate without
+/// its key cannot be repaired here.
+fn tls_identity(dir: &Path) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
+    let (cert_p, key_p) = (dir.join("cert.der"), dir.join("key.der"));
+    match (cert_p.exists(), key_p.exists()) {
+        (true, false) => anyhow::bail!(
+            "{} exists but {} does not: the TLS identity is incomplete. Restore key.der \
+             from a backup of this data dir. Only if this coordinator never issued a token: \
+             delete cert.der and start again (a new identity invalidates every token).",
+            cert_p.display(),
+            key_p.display()
+        ),
+        (false, key_left) => {
+            if key_left {
+                tracing::warn!(
+                    key = %key_p.display(),
+                    "found a TLS key without its certificate (a crash during the first start); generating both anew"
+                );
+            }
+            let ck = rcgen::generate_simple_self_signed(vec![
+                meshgate_proto::client::SERVER_NAME.into(),
+            ])
+            .context("failed to generate the TLS certificate")?;
+            write_secret(&key_p, &ck.signing_key.serialize_der())?;
+            write_secret(&cert_p, ck.cert.der())?;
+        }
+        (true, true) => {}
+    }
+    let cert = CertificateDer::from(fs::read(&cert_p).context("failed to read cert.der")?);
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(read_secret(&key_p)?));
+    Ok((cert, key))
+}
+
+/// The REST API's bearer token, generated on first start; a short one is refused.
+fn admin_token(dir: &Path) -> Result<String> {
+    let path = dir.join("admin-token");
+    if !path.exists() {
+        let mut b = [0u8; 32];
+        rand::rng().fill_bytes(&mut b);
+        write_secret(&path, format!("{}\n", hex(&b)).as_bytes())?;
+    }
+    let text = String::from_utf8(read_secret(&path)?)
+        .with_context(|| format!("{} is not text", path.display()))?;
+    let token = text.trim();
+    if token.len() < MIN_ADMIN_TOKEN_LEN {
+        anyhow::bail!(
+            "{} holds {} characters, but an admin token needs at least {MIN_ADMIN_TOKEN_LEN} \
+             (an empty or short one is guessable). Delete the file to have a random one \
+             generated at the next start, or write a longer random token into it.",
+            path.display(),
+            token.len()
+        );
+    }
+    Ok(token.to_owned())
+}
+
+/// The key tokens are derived from, generated on first start: exactly 32 random bytes.
+fn token_key(dir: &Path) -> Result<[u8; 32]> {
+    let path = dir.join("token-key");
+    if !path.exists() {
+        let mut b = [0u8; 32];
+        rand::rng().fill_bytes(&mut b);
+        write_secret(&path, &b)?;
+    }
+    let bytes = read_secret(&path)?;
+    let fix = "Restore it from a backup of this data dir (every token derives from it); only \
+               if no token was ever issued, delete it to have a new one generated.";
+    let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+        anyhow::anyhow!(
+            "{} holds {} bytes, but a token key is exactly 32 random bytes. {fix}",
+            path.display(),
+            bytes.len()
+        )
+    })?;
+    if key.iter().all(|b| *b == key[0]) {
+        anyhow::bail!(
+            "{} holds the same byte 32 times, not a random key. {fix}",
+            path.display()
+        );
+    }
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -127,5 +216,95 @@ mod tests {
         assert_ne!(first.reset_key(), first.token_key);
         let other = load_or_create(&dir.path().join("other")).unwrap();
         assert_ne!(first.reset_key(), other.reset_key());
+    }
+
+    fn err(dir: &Path) -> String {
+        match load_or_create(dir) {
+            Ok(_) => panic!("{} was accepted", dir.display()),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_or_short_admin_token_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        for bad in ["", "\n", "short-token\n"] {
+            write_secret(&path, bad.as_bytes()).unwrap();
+            let e = err(dir.path());
+            assert!(
+                e.contains("admin-token") && e.contains("at least 32"),
+                "{e}"
+            );
+        }
+        fs::remove_file(&path).unwrap();
+        let id = load_or_create(dir.path()).unwrap();
+        assert_eq!(
+            id.admin_token.len(),
+            64,
+            "a deleted token is generated anew"
+        );
+    }
+
+    #[test]
+    fn a_short_or_constant_token_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token-key");
+        write_secret(&path, b"").unwrap();
+        assert!(err(dir.path()).contains("holds 0 bytes"));
+        write_secret(&path, &[0; 32]).unwrap();
+        assert!(err(dir.path()).contains("same byte"));
+    }
+
+    #[test]
+    fn secrets_open_to_others_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        load_or_create(dir.path()).unwrap();
+        for name in ["admin-token", "token-key", "key.der"] {
+            let path = dir.path().join(name);
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+            let e = err(dir.path());
+            assert!(e.contains(name) && e.contains("chmod 600"), "{e}");
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        load_or_create(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_key_without_its_certificate_recovers_and_the_reverse_says_what_to_do() {
+        // A crash between the key and the certificate of the first start.
+        let dir = tempfile::tempdir().unwrap();
+        write_secret(&dir.path().join("key.der"), b"half-written identity").unwrap();
+        let id = load_or_create(dir.path()).unwrap();
+        assert_eq!(
+            load_or_create(dir.path()).unwrap().fingerprint,
+            id.fingerprint
+        );
+        // A certificate whose key is lost.
+        fs::remove_file(dir.path().join("key.der")).unwrap();
+        let e = err(dir.path());
+        assert!(
+            e.contains("Restore key.der") && e.contains("delete cert.der"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn files_are_written_whole_with_mode_0600_and_no_temporary_left() {
+        let dir = tempfile::tempdir().unwrap();
+        load_or_create(dir.path()).unwrap();
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["admin-token", "cert.der", "key.der", "token-key"]);
+        for name in &names {
+            let mode = fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
     }
 }

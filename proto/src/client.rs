@@ -201,6 +201,11 @@ impl Session {
             None => return Err(ClientError::Protocol("stream closed before Welcome".into())),
         };
         let t = welcome.timings;
+        // A zero heartbeat would panic the heartbeat timer, and a lease shorter than two
+        // heartbeats could never be renewed: refuse the session instead.
+        t.validate().map_err(|e| {
+            ClientError::Protocol(format!("the coordinator sent unusable timings: {e}"))
+        })?;
         let mut lease = LeaseTracker::new(Duration::from_millis(t.guard_ms.into()));
         if welcome.role == Role::Active {
             lease.set_epoch(Some(welcome.epoch));

@@ -51,7 +51,7 @@ impl Timings {
         if self.heartbeat_ms == 0 {
             return Err("heartbeat must be > 0 ms".into());
         }
-        if self.lease_ms < 2 * self.heartbeat_ms {
+        if self.lease_ms < self.heartbeat_ms.saturating_mul(2) {
             return Err(format!(
                 "lease ({} ms) must be at least two heartbeats ({} ms each)",
                 self.lease_ms, self.heartbeat_ms

@@ -54,7 +54,7 @@ pub mod stream;
 
 pub use id::Id;
 pub use messages::*;
-pub use token::{Kind, Token, TokenError};
+pub use token::{Kind, SecretText, Token, TokenError};
 
 /// ALPN protocol id both ends of the tunnel agree on.
 pub const ALPN: &[u8] = b"meshgate/1";

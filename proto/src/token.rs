@@ -79,6 +79,45 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// A token (or any secret) as text, e.g. as given on a command line or carried in a
+/// message: `Debug` and `Display` show only its length, so no log line or panic message
+/// can leak it. On the wire it is the plain string (`serde(transparent)`).
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretText(String);
+
+impl SecretText {
+    /// Wraps `text`.
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    /// The secret itself, for the one place that needs it (decoding, sending).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<redacted, {} characters>", self.0.len())
+    }
+}
+
+impl std::fmt::Display for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for SecretText {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(s))
+    }
+}
+
 /// Why a string is not a valid token. Each variant is a distinct error so the agent (and
 /// a human) can tell a truncated copy-paste from a token for another protocol version.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -258,6 +297,32 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_never_show_in_debug_or_display() {
+        let token = Token::generate(Kind::Node, Id::random(), vec!["h:1".into()], [9; 32]);
+        let text = token.encode();
+        let secret = SecretText::new(text.clone());
+        for shown in [
+            format!("{secret:?}"),
+            format!("{secret}"),
+            format!("{token:?}"),
+            format!("{:?}", Some(&secret)),
+        ] {
+            assert!(!shown.contains(&text), "{shown}");
+            assert!(
+                !shown.contains(&URL_SAFE_NO_PAD.encode(token.secret)),
+                "{shown}"
+            );
+        }
+        assert_eq!(secret.expose(), text);
+        let wire = postcard::to_allocvec(&secret).unwrap();
+        assert_eq!(
+            wire,
+            postcard::to_allocvec(&text).unwrap(),
+            "plain on the wire"
+        );
+    }
     use proptest::prelude::*;
 
     fn sample() -> Token {

@@ -11,6 +11,7 @@
 //! [`require_root`] at their start so that running them by hand without root fails with
 //! the reason instead of an obscure error.
 
+pub mod arp;
 pub mod bench;
 pub mod blast;
 pub mod etcd;

@@ -1,14 +1,18 @@
 //! Addresses the agent owns: the VIP on the LAN interface and the Mesh IP on the TUN.
 //! Each is tagged with our `proto` as `IFA_PROTO` (Linux ≥ 5.18), so a run after a crash
 //! finds a VIP the previous run left and `cleanup` removes it without remembering it.
+//!
+//! The VIP also carries a short kernel lifetime (`valid_lft`), which the live agent
+//! renews (see `crate::vip`): an agent killed with SIGKILL cannot remove it, so the
+//! kernel does, and two hosts never keep answering ARP for the gateway.
 
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    address::{AddressAttribute, AddressMessage, AddressProtocol},
+    address::{AddressAttribute, AddressMessage, AddressProtocol, CacheInfo},
 };
 use tracing::{debug, info};
 
@@ -87,10 +91,41 @@ impl Netlink {
         }
     }
 
-    /// Adds the VIP to `iface` (idempotent). Check it with [`Netlink::check_vip`] first.
-    pub async fn add_vip(&self, iface: &str, vip: Ipv4Net, proto: u8) -> Result<(), Error> {
+    /// Adds `net` to the interface `index`, tagged `proto`, or renews it if present, so
+    /// that the kernel removes it `lifetime_s` seconds after the last call (both the
+    /// valid and the preferred lifetime: a deprecated VIP would still answer ARP).
+    pub async fn put_address_with_lifetime(
+        &self,
+        index: u32,
+        net: IpNet,
+        proto: u8,
+        lifetime_s: u32,
+    ) -> Result<(), Error> {
+        let mut msg = message(index, net, proto);
+        let mut lifetime = CacheInfo::default();
+        lifetime.ifa_valid = lifetime_s;
+        lifetime.ifa_preferred = lifetime_s;
+        msg.attributes.push(AddressAttribute::CacheInfo(lifetime));
+        self.ack(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            || format!("put address {net} on ifindex {index} for {lifetime_s} s"),
+        )
+        .await
+    }
+
+    /// Adds the VIP to `iface`, or renews it, for `lifetime_s` seconds (idempotent).
+    /// Check it with [`Netlink::check_vip`] first.
+    pub async fn add_vip(
+        &self,
+        iface: &str,
+        vip: Ipv4Net,
+        proto: u8,
+        lifetime_s: u32,
+    ) -> Result<(), Error> {
         let index = self.link_index(iface).await?;
-        self.add_address(index, vip.into(), proto).await
+        self.put_address_with_lifetime(index, vip.into(), proto, lifetime_s)
+            .await
     }
 
     /// Removes the VIP from `iface` (idempotent).

@@ -10,9 +10,11 @@
 //! - [`routes`]: the ACTIVE and STANDBY tables;
 //! - [`rules`]: the policy rules, among them the selector that a flip swaps;
 //! - [`addr`]: owned addresses (the VIP, the TUN's Mesh IP);
+//! - [`link`]: whether native XDP's `XDP_TX` delivers on an interface (veth peers);
 //! - [`routing`]: [`Routing`], the handle the agent runtime calls.
 
 pub mod addr;
+pub mod link;
 pub mod routes;
 pub mod routing;
 pub mod rules;
@@ -26,6 +28,7 @@ use netlink_packet_route::{
     link::{LinkAttribute, LinkMessage},
 };
 
+pub use link::NativeTx;
 pub use routing::{DesiredRouting, ReconcileReport, Routing, StandbyPath, Table};
 
 /// Default id of the ACTIVE table (mesh prefixes `dev <tun>`).

@@ -4,6 +4,7 @@
 
 mod backoff;
 mod drain;
+mod lan;
 pub mod plumbing;
 mod pump;
 mod report;
@@ -13,7 +14,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::bail;
 use ipnet::Ipv4Net;
 use meshgate_proto::{
     CoordMsg, Kind, RefuseCode, Role, Token,
@@ -51,12 +51,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
+/// The longest wait between attempts after refusals.
+const REFUSED_RETRY_MAX: Duration = Duration::from_secs(300);
+
 /// How a session ended.
 enum Outcome {
     /// Shut down on purpose (drained, or a signal while not active).
     Shutdown,
     /// The connection was lost; reconnect.
     Lost(String),
+    /// The coordinator refused this agent; retry after the refusal backoff.
+    Refused(RefuseCode, String),
 }
 
 struct Agent {
@@ -73,6 +78,8 @@ struct Agent {
     drain_exit: DrainExit,
     status_socket: std::path::PathBuf,
     local_prefixes: Vec<Ipv4Net>,
+    refusals: Backoff,
+    health: crate::health::watch::HealthWatch,
     policy: crate::policy_task::Enforcer,
 }
 
@@ -87,6 +94,7 @@ impl Agent {
         let report = StatusReport {
             lan_iface: args.lan_iface.clone(),
             gateway_ip: args.gateway_ip.map(|v| v.to_string()),
+            xdp_note: plumbing.xdp_note(),
             connection: status::Connection {
                 coordinator: token.addrs.first().cloned(),
                 ..Default::default()
@@ -112,6 +120,11 @@ impl Agent {
             drain_exit: DrainExit::default(),
             status_socket: state_dir::status_socket(&args.state_dir),
             local_prefixes: Vec::new(),
+            health: args.health_watch(),
+            refusals: Backoff::new(
+                Duration::from_millis(args.refused_retry_ms),
+                Duration::from_millis(args.refused_retry_ms).max(REFUSED_RETRY_MAX),
+            ),
             policy: crate::policy_task::Enforcer::start(args.tun.clone()),
         }
     }
@@ -123,6 +136,8 @@ impl Agent {
         plumbing.apply(&initial, 0).await?;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut attempt = 0u64;
+        // Set by a refusal: the next attempt waits on the refusal backoff instead.
+        let mut refused: Option<Duration> = None;
         loop {
             attempt += 1;
             self.set_connection(ConnState::Connecting, None);
@@ -135,6 +150,7 @@ impl Agent {
             match connected {
                 Ok(session) => {
                     backoff.reset();
+                    self.refusals.reset();
                     attempt = 0;
                     match self.drive(session, plumbing).await? {
                         Outcome::Shutdown => return Ok(()),
@@ -143,13 +159,14 @@ impl Agent {
                             self.set_connection(ConnState::Disconnected, Some(why));
                             self.feed(plumbing, None, Event::Disconnected).await?;
                         }
+                        Outcome::Refused(code, reason) => {
+                            self.feed(plumbing, None, Event::Disconnected).await?;
+                            refused = Some(self.refused(code, &reason));
+                        }
                     }
                 }
-                Err(ClientError::Refused { code, reason }) if is_fatal(code) => {
-                    bail!(
-                        "the coordinator refused this agent: {reason} (code {})",
-                        code.0
-                    )
+                Err(ClientError::Refused { code, reason }) if is_refusal(code) => {
+                    refused = Some(self.refused(code, &reason));
                 }
                 Err(e) => {
                     warn!(attempt, error = %e, "cannot reach the coordinator; retrying");
@@ -157,7 +174,11 @@ impl Agent {
                 }
             }
             // Wait before the next attempt, fencing on time if a lease runs out meanwhile.
-            let wake = tokio::time::Instant::now() + backoff.next_delay();
+            let delay = match refused.take() {
+                Some(delay) => delay,
+                None => backoff.next_delay(),
+            };
+            let wake = tokio::time::Instant::now() + delay;
             loop {
                 let deadline = self
                     .core
@@ -234,8 +255,8 @@ impl Agent {
                 }
                 event = session.next_event() => match event {
                     None => break Outcome::Lost(session.status().closed.unwrap_or_else(|| "session ended".into())),
-                    Some(CoordMsg::Refused { code, reason }) if is_fatal(code) => {
-                        bail!("the coordinator ended this agent's session: {reason} (code {})", code.0)
+                    Some(CoordMsg::Refused { code, reason }) if is_refusal(code) => {
+                        break Outcome::Refused(code, reason);
                     }
                     Some(CoordMsg::HandoverDone { epoch }) => info!(epoch, "handover done"),
                     Some(CoordMsg::Filter(f)) => self.policy.receive(*f),
@@ -244,11 +265,14 @@ impl Agent {
                 _ = sleep_until_opt(deadline) => self.feed(plumbing, Some(&session), Event::Tick).await?,
                 up = plumbing.link_event() => {
                     self.feed(plumbing, Some(&session), Event::Link { up }).await?;
-                    // Fenced because the link went down (nothing else fences a replica that
-                    // is not draining): the coordinator never promotes a fenced replica
-                    // again, so register anew, as a standby.
-                    if up && self.core.role() == Role::Fenced && !self.core.draining() {
+                    if self.may_serve_again() {
                         break Outcome::Lost("the LAN link is back: registering again as a standby".into());
+                    }
+                }
+                healthy = self.health.changed() => {
+                    self.feed(plumbing, Some(&session), Event::Health { healthy }).await?;
+                    if self.may_serve_again() {
+                        break Outcome::Lost("the health targets answer again: registering again as a standby".into());
                     }
                 }
                 _ = self.shutdown.recv() => {
@@ -365,6 +389,34 @@ impl Agent {
         Ok(())
     }
 
+    /// Fenced because it could not serve (link down, health targets silent; nothing else
+    /// fences a replica that is not draining) and now it can: the coordinator never
+    /// promotes a fenced replica again, so it must register anew, as a standby.
+    fn may_serve_again(&self) -> bool {
+        self.core.serviceable() && self.core.role() == Role::Fenced && !self.core.draining()
+    }
+
+    /// Logs a refusal, shows it in `status` and returns how long to wait before the next
+    /// attempt.
+    fn refused(&mut self, code: RefuseCode, reason: &str) -> Duration {
+        let delay = self.refusals.next_delay();
+        tracing::error!(
+            code = code.0,
+            reason,
+            retry_in_s = delay.as_secs(),
+            "the coordinator refused this agent (a new token may be needed: see `meshgate-agent status`); retrying later"
+        );
+        self.set_connection(
+            ConnState::Refused,
+            Some(format!(
+                "the coordinator refused this agent: {reason} (code {}); retrying in {} s",
+                code.0,
+                delay.as_secs()
+            )),
+        );
+        delay
+    }
+
     fn set_connection(&self, state: ConnState, error: Option<String>) {
         let mut r = lock(&self.report);
         r.connection.state = state;
@@ -377,8 +429,11 @@ impl Agent {
 /// How often the policy filter's counters go to the coordinator.
 const FILTER_REPORT_EVERY: Duration = Duration::from_secs(3);
 
-/// Refusals that retrying cannot fix: the token itself is the problem.
-fn is_fatal(code: RefuseCode) -> bool {
+/// Refusals about the token or the agent itself, which a coordinator only reverses when
+/// its operator fixes something (a restored store, a recreated node, an upgrade). The
+/// agent retries them slowly (`--refused-retry-ms`) rather than exiting: an exit under
+/// systemd ends, after a few restarts, with nobody retrying at all.
+fn is_refusal(code: RefuseCode) -> bool {
     [
         RefuseCode::MALFORMED_TOKEN,
         RefuseCode::UNKNOWN_TOKEN,

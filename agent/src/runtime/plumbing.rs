@@ -10,11 +10,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, bail};
-use aya::programs::XdpMode as AyaXdpMode;
+use anyhow::Context;
 use ipnet::{IpNet, Ipv4Net};
 use meshgate_common::Verdict;
-use meshgate_proto::{LanInfo, Role, Token, datagram};
+use meshgate_proto::{LanInfo, Token, datagram};
 use tracing::{info, warn};
 
 use crate::{
@@ -22,22 +21,16 @@ use crate::{
     dataplane::Dataplane,
     failover::{Action, Mode, Table},
     garp,
-    link_watch::{LinkState, LinkWatch},
+    link_watch::LinkState,
     mss,
-    netlink::{self, DesiredRouting, Netlink, Routing, RoutingConfig, StandbyPath},
+    netlink::{DesiredRouting, Netlink, Routing, RoutingConfig, StandbyPath},
     status::{Flip, Step},
     sysctl::Sysctls,
     tun::Tun,
+    vip::VipKeeper,
 };
 
-/// The node replica's LAN side.
-struct Lan {
-    iface: String,
-    ip: Ipv4Addr,
-    mac: [u8; 6],
-    vip: Option<Ipv4Net>,
-    watch: LinkWatch,
-}
+use super::lan::{Lan, lan_side, load_xdp};
 
 /// Reads the XDP counters for `status`: per verdict and per route.
 pub type CounterSource =
@@ -53,9 +46,11 @@ pub struct Plumbing {
     lan: Option<Lan>,
     dataplane: Option<Arc<Mutex<Dataplane>>>,
     xdp_mode: XdpMode,
+    xdp_note: Option<String>,
     route_ids: Arc<Mutex<BTreeMap<IpNet, u32>>>,
     sysctls: Sysctls,
     vip_held: bool,
+    vip_keeper: VipKeeper,
     lease: Arc<Mutex<Option<Instant>>>,
 }
 
@@ -118,12 +113,19 @@ impl Plumbing {
             ?report,
             "routing tables reconciled with what a previous run left"
         );
-        let (dataplane, xdp_mode) = match &lan {
-            Some(lan) => load_xdp(args.xdp_mode, lan, &tun)?,
-            None => (None, XdpMode::Off),
+        let (dataplane, xdp_mode, xdp_note) = match &lan {
+            Some(lan) => {
+                let native_tx = nl
+                    .native_tx(&lan.iface)
+                    .await
+                    .with_context(|| format!("failed to inspect {}", lan.iface))?;
+                load_xdp(args.xdp_mode, lan, &tun, &native_tx)?
+            }
+            None => (None, XdpMode::Off, None),
         };
         Ok(Self {
             mode,
+            vip_keeper: VipKeeper::new(nl.clone()),
             nl,
             routing,
             desired,
@@ -131,6 +133,7 @@ impl Plumbing {
             lan,
             dataplane: dataplane.map(|d| Arc::new(Mutex::new(d))),
             xdp_mode,
+            xdp_note,
             route_ids: Arc::default(),
             sysctls,
             vip_held: false,
@@ -164,6 +167,11 @@ impl Plumbing {
     /// The XDP attach mode in effect (never `auto`).
     pub fn xdp_mode(&self) -> XdpMode {
         self.xdp_mode
+    }
+
+    /// Why `--xdp-mode auto` chose the mode in effect, or what the mode cannot do.
+    pub fn xdp_note(&self) -> Option<String> {
+        self.xdp_note.clone()
     }
 
     /// Gives the TUN the Mesh IP and the largest MTU the QUIC path carries; returns the MTU.
@@ -336,8 +344,9 @@ impl Plumbing {
                 let Some((iface, vip)) = self.vip() else {
                     return Ok(None);
                 };
-                self.nl
-                    .add_vip(&iface, vip, self.routing.config().protocol)
+                let index = self.nl.link_index(&iface).await?;
+                self.vip_keeper
+                    .acquire(index, vip, self.routing.config().protocol)
                     .await
                     .context("failed to add the VIP")?;
                 self.vip_held = true;
@@ -347,8 +356,9 @@ impl Plumbing {
                 let Some((iface, vip)) = self.vip() else {
                     return Ok(None);
                 };
-                self.nl
-                    .remove_vip(&iface, vip)
+                let index = self.nl.link_index(&iface).await?;
+                self.vip_keeper
+                    .release(index, vip)
                     .await
                     .context("failed to remove the VIP")?;
                 self.vip_held = false;
@@ -362,24 +372,9 @@ impl Plumbing {
     /// its time is measured), the repeats in the background, spaced over a few hundred ms
     /// that the flip must not wait for.
     fn announce_vip(&self) {
-        let Some((iface, vip)) = self.vip() else {
-            return;
-        };
-        let sender = match garp::Announcer::new(&iface, vip.addr()) {
-            Ok(sender) => sender,
-            Err(e) => {
-                warn!(error = %e, iface = %iface, "gratuitous ARP failed");
-                return;
-            }
-        };
-        if let Err(e) = sender.send() {
-            warn!(error = %e, iface = %iface, "gratuitous ARP failed");
+        if let Some((iface, vip)) = self.vip() {
+            garp::announce_now_and_later(iface, vip.addr());
         }
-        tokio::spawn(async move {
-            if let Err(e) = sender.repeat(garp::GarpConfig::default()).await {
-                warn!(error = %e, iface = %iface, "gratuitous ARP failed");
-            }
-        });
     }
 
     fn vip(&self) -> Option<(String, Ipv4Net)> {
@@ -473,99 +468,10 @@ impl Plumbing {
     }
 }
 
-/// Validates the node's LAN settings against the kernel and reads its address and MAC.
-async fn lan_side(nl: &Netlink, args: &RunArgs, proto: u8) -> anyhow::Result<Lan> {
-    let Some(iface) = args.lan_iface.clone() else {
-        bail!("a node replica needs --lan-iface: the interface facing the advertised subnet")
-    };
-    let index = nl.link_index(&iface).await.map_err(|e| match e {
-        netlink::Error::NoSuchInterface(_) => {
-            anyhow::anyhow!("--lan-iface {iface}: no such interface")
-        }
-        other => anyhow::Error::new(other).context(format!("failed to look up {iface}")),
-    })?;
-    let ip = nl
-        .addresses()
-        .await
-        .context("failed to read addresses")?
-        .into_iter()
-        .filter(|a| a.index == index && a.proto != proto)
-        .find_map(|a| match a.net {
-            IpNet::V4(n) if Some(n.addr()) != args.gateway_ip.map(|v| v.addr()) => Some(n.addr()),
-            _ => None,
-        })
-        .with_context(|| {
-            format!("--lan-iface {iface} has no IPv4 address of its own: give it one")
-        })?;
-    if let Some(vip) = args.gateway_ip {
-        nl.check_vip(&iface, vip, proto)
-            .await
-            .map_err(|e| anyhow::anyhow!("--gateway-ip {vip}: {e}"))?;
-    }
-    let mac = garp::interface_mac(&iface)
-        .with_context(|| format!("failed to read the MAC of {iface}"))?;
-    let watch = LinkWatch::new(&iface)
-        .await
-        .with_context(|| format!("failed to watch the link of {iface}"))?;
-    Ok(Lan {
-        iface,
-        ip,
-        mac,
-        vip: args.gateway_ip,
-        watch,
-    })
-}
-
-/// Loads XDP on the LAN interface per `--xdp-mode`; returns the handle and the mode in
-/// effect. The program starts fenced.
-fn load_xdp(mode: XdpMode, lan: &Lan, tun: &Tun) -> anyhow::Result<(Option<Dataplane>, XdpMode)> {
-    if mode == XdpMode::Off {
-        info!("XDP off: the kernel's routing tables alone carry the traffic");
-        return Ok((None, XdpMode::Off));
-    }
-    let mut dp = Dataplane::load().context("failed to load the XDP program")?;
-    dp.set_role(Role::Fenced, 0)
-        .context("failed to fence XDP before attaching")?;
-    dp.set_own_mac(lan.mac)
-        .context("failed to write the own MAC to XDP")?;
-    dp.set_tunnel(tun.index(), datagram::SAFE_TUN_MTU as u32)
-        .context("failed to write the tunnel to XDP")?;
-    // Packets reach the TUN through the kernel (the default tunnel mode), which clamps
-    // the MSS correctly for every checksum state; see `crate::mss`.
-    dp.set_mss_clamp(false)
-        .context("failed to configure the XDP MSS clamp")?;
-    let used = match mode {
-        XdpMode::Native => {
-            dp.attach(&lan.iface, AyaXdpMode::Driver)
-                .with_context(|| format!("failed to attach XDP to {} in native mode", lan.iface))?;
-            XdpMode::Native
-        }
-        XdpMode::Skb => {
-            dp.attach(&lan.iface, AyaXdpMode::Skb)
-                .with_context(|| format!("failed to attach XDP to {} in skb mode", lan.iface))?;
-            XdpMode::Skb
-        }
-        XdpMode::Auto | XdpMode::Off => {
-            match dp
-                .attach_auto(&lan.iface)
-                .with_context(|| format!("failed to attach XDP to {}", lan.iface))?
-            {
-                AyaXdpMode::Skb => XdpMode::Skb,
-                _ => XdpMode::Native,
-            }
-        }
-    };
-    info!(iface = %lan.iface, mode = ?used, "XDP attached");
-    Ok((Some(dp), used))
-}
-
 /// The coordinator's IP from the token, for the rule that keeps it out of the tunnel.
 fn coordinator_ip(token: &Token) -> Option<IpAddr> {
-    token
-        .addrs
-        .first()
-        .and_then(|a| a.parse::<SocketAddr>().ok())
-        .map(|s| s.ip())
+    let first = token.addrs.first()?;
+    first.parse::<SocketAddr>().ok().map(|s| s.ip())
 }
 
 fn micros(d: Duration) -> u64 {
@@ -579,6 +485,5 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Microseconds since the Unix epoch.
 fn unix_us(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    t.duration_since(UNIX_EPOCH).map_or(0, micros)
 }

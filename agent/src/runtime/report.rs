@@ -23,9 +23,11 @@ pub(super) fn source(
     let xdp = plumbing.counter_source();
     let lease = plumbing.lease_source();
     let mode = agent.mode;
+    let health = agent.health.report_source();
     let filter = agent.policy.status();
     Arc::new(move || {
         let mut r = lock(&report).clone();
+        r.health = health();
         let now = Instant::now();
         let deadline = lease();
         if r.forwarding == Role::Active && mode == Mode::Node && deadline.is_none_or(|d| now >= d) {

@@ -218,6 +218,22 @@ impl Coord {
         }
     }
 
+    /// Sends `msg` from coordinator `k` to `agent` over `session`, through whatever cut
+    /// lies between them.
+    fn to_agent(w: &mut World, k: usize, agent: usize, session: core::SessionId, msg: CoordMsg) {
+        let cut = w.cut(agent, k);
+        w.send(
+            false,
+            session,
+            cut,
+            Ev::ToAgent {
+                agent,
+                session,
+                msg,
+            },
+        );
+    }
+
     fn output(w: &mut World, k: usize, o: Output) {
         let run = w.coords[k].run;
         match o {
@@ -226,17 +242,7 @@ impl Coord {
                     return;
                 };
                 w.check.sent(&msg);
-                let cut = w.cut(agent, k);
-                w.send(
-                    false,
-                    session,
-                    cut,
-                    Ev::ToAgent {
-                        agent,
-                        session,
-                        msg,
-                    },
-                );
+                Self::to_agent(w, k, agent, session, msg);
             }
             Output::Close {
                 session,
@@ -247,17 +253,7 @@ impl Coord {
                     return;
                 };
                 let msg = CoordMsg::Refused { code, reason };
-                let cut = w.cut(agent, k);
-                w.send(
-                    false,
-                    session,
-                    cut,
-                    Ev::ToAgent {
-                        agent,
-                        session,
-                        msg,
-                    },
-                );
+                Self::to_agent(w, k, agent, session, msg);
                 if code != RefuseCode::NOT_HA {
                     let at = w.now + CLEAN_DELAY * 2;
                     w.push(at, Ev::ClosedAtAgent { agent, session });

@@ -10,6 +10,7 @@ mod links;
 pub mod plumbing;
 mod pump;
 mod report;
+mod roles;
 mod roster;
 mod sessions;
 mod uplink;

@@ -19,6 +19,7 @@ use super::{
     lock,
     plumbing::Plumbing,
     pump,
+    roles::{Said, merge},
     uplink::LinkId,
 };
 use crate::{
@@ -38,6 +39,8 @@ pub struct Conn {
     own_id: Id,
     /// What `status` shows of it.
     view: CoordinatorConn,
+    /// What it last said about this replica's role.
+    said: Option<Said>,
     _inbound: pump::Pump,
 }
 
@@ -140,6 +143,7 @@ impl Agent {
                     primary: false,
                     rtt_ms: None,
                 },
+                said: None,
                 _inbound: inbound,
             },
         );
@@ -261,22 +265,36 @@ impl Agent {
             let routes = routes.iter().map(|e| e.network).collect();
             self.feed(plumbing, Event::Routes(routes)).await?;
         }
-        // A lease is in place before XDP may turn active; one ends only after the steps
-        // away from active are applied, so the pump's gate and `status` never see an
-        // active data plane without a lease. A status of an older epoch changes neither.
-        let stale = s.epoch < self.core.epoch();
-        let lease = self
-            .core
-            .lease_after(s.role, s.epoch, s.lease_deadline)
-            .filter(|_| s.role == Role::Active && !stale);
-        if lease.is_some() {
-            plumbing.set_lease_deadline(lease);
-        }
-        let event = Event::Status {
+        // Every session speaks for the same record: the core takes their merged view
+        // (see [`super::roles`]), so a member that cannot grant yet does not demote.
+        let said = Said {
             role: s.role,
             epoch: s.epoch,
             active: s.active,
             lease_deadline: s.lease_deadline,
+        };
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.said = Some(said);
+        }
+        let Some(m) = merge(self.conns.values().filter_map(|c| c.said.as_ref())) else {
+            return Ok(());
+        };
+        // A lease is in place before XDP may turn active; one ends only after the steps
+        // away from active are applied, so the pump's gate and `status` never see an
+        // active data plane without a lease. A status of an older epoch changes neither.
+        let stale = m.epoch < self.core.epoch();
+        let lease = self
+            .core
+            .lease_after(m.role, m.epoch, m.lease_deadline)
+            .filter(|_| m.role == Role::Active && !stale);
+        if lease.is_some() {
+            plumbing.set_lease_deadline(lease);
+        }
+        let event = Event::Status {
+            role: m.role,
+            epoch: m.epoch,
+            active: m.active,
+            lease_deadline: m.lease_deadline,
         };
         self.feed(plumbing, event).await?;
         if lease.is_none() && !stale {

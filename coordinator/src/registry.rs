@@ -487,6 +487,7 @@ fn store_err(e: RegistryError) -> AuthError {
 
 mod meta;
 mod route_ops;
+mod route_set;
 
 #[cfg(test)]
 #[path = "registry_tests.rs"]

@@ -205,6 +205,12 @@ impl Session {
             }
             None => return Err(ClientError::Protocol("stream closed before Welcome".into())),
         };
+        let t = welcome.timings;
+        // A zero heartbeat would panic the heartbeat timer, and a lease shorter than two
+        // heartbeats could never be renewed: refuse the session instead.
+        t.validate().map_err(|e| {
+            ClientError::Protocol(format!("the coordinator sent unusable timings: {e}"))
+        })?;
         // The route table follows the Welcome in parts; the session starts with all of it.
         let mut assembler = Assembler::default();
         let mut early = Vec::new();
@@ -219,12 +225,6 @@ impl Session {
                 None => return Err(ClientError::Protocol("stream closed before routes".into())),
             }
         };
-        let t = welcome.timings;
-        // A zero heartbeat would panic the heartbeat timer, and a lease shorter than two
-        // heartbeats could never be renewed: refuse the session instead.
-        t.validate().map_err(|e| {
-            ClientError::Protocol(format!("the coordinator sent unusable timings: {e}"))
-        })?;
         let mut lease = LeaseTracker::new(Duration::from_millis(t.guard_ms.into()));
         if welcome.role == Role::Active {
             lease.set_epoch(Some(welcome.epoch));

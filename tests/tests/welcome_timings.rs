@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use meshgate_coordinator::{identity, quic};
 use meshgate_proto::{
-    AgentMsg, CoordMsg, Id, Kind, Role, Timings, Token, Welcome,
+    AgentMsg, CoordMsg, Id, Kind, Role, RouteTable, Timings, Token, Welcome,
     client::{ClientError, ConnectOptions, Session},
     stream::{read_frame, write_frame},
 };
@@ -37,6 +37,13 @@ async fn welcome_with(timings: Timings) -> anyhow::Result<Result<Session, Client
             routes_version: 1,
         };
         write_frame(&mut send, &CoordMsg::Welcome(Box::new(welcome))).await?;
+        let empty = RouteTable {
+            version: 1,
+            entries: Vec::new(),
+        };
+        for part in empty.parts() {
+            write_frame(&mut send, &CoordMsg::Routes(part)).await?;
+        }
         // Keep the connection until the client is done with it.
         tokio::time::sleep(Duration::from_millis(500)).await;
         anyhow::Ok(())

@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::schema::{
     Deleted, Denied, DeviceCreated, DeviceView, Envelope, ErrorEnvelope, IdPath, NewDevice,
-    NewNode, NewRoute, NodeCreated, NodeView, Reply, RoutePath, RouteView, ok,
+    NewNode, NewRoute, NodeCreated, NodeView, Reply, RouteList, RoutePath, RouteView, ok,
 };
 use super::views::{Event, Replica};
 use super::{Api, ApiError};
@@ -187,6 +187,7 @@ async fn events(State(api): State<Arc<Api>>, Path(p): Path<IdPath>) -> Res<Vec<E
         (status = 400, description = "Not a CIDR, overlapping another node's route, or inside the mesh range",
             body = ErrorEnvelope),
         (status = 404, description = "No such node", body = ErrorEnvelope),
+        (status = 409, description = "Over the per-node or per-mesh route limit", body = ErrorEnvelope),
         Denied,
     ))]
 async fn add_route(
@@ -209,6 +210,34 @@ async fn add_route(
     ))]
 async fn list_routes(State(api): State<Arc<Api>>, Path(p): Path<IdPath>) -> Res<Vec<RouteView>> {
     let routes = api.hub.registry.routes_of(parse_id("node", &p.id)?)?;
+    Ok(ok(routes.iter().map(RouteView::from).collect()))
+}
+
+#[utoipa::path(put, path = "/api/v1/nodes/{id}/routes", tag = "routes", security(("bearer" = [])),
+    params(IdPath),
+    request_body = RouteList,
+    responses(
+        (status = 200, description = "The node now advertises exactly these; every agent gets the new table",
+            body = Envelope<Vec<RouteView>>),
+        (status = 400, description = "A network that is not a CIDR, is listed twice, overlaps another node's route or lies inside the mesh range; nothing was changed",
+            body = ErrorEnvelope),
+        (status = 404, description = "No such node", body = ErrorEnvelope),
+        (status = 409, description = "Over the per-node or per-mesh route limit; nothing was changed", body = ErrorEnvelope),
+        Denied,
+    ))]
+async fn set_routes(
+    State(api): State<Arc<Api>>,
+    Path(p): Path<IdPath>,
+    Body(b): Body<RouteList>,
+) -> Res<Vec<RouteView>> {
+    let node = parse_id("node", &p.id)?;
+    let wanted: Vec<(String, String)> = b
+        .routes
+        .into_iter()
+        .map(|r| (r.network, r.comment))
+        .collect();
+    let routes = api.hub.registry.set_routes(node, &wanted)?;
+    tracing::info!(%node, routes = routes.len(), "route list replaced");
     Ok(ok(routes.iter().map(RouteView::from).collect()))
 }
 
@@ -287,7 +316,7 @@ pub fn routes() -> OpenApiRouter<Arc<Api>> {
         .routes(routes!(node_token))
         .routes(routes!(connections))
         .routes(routes!(events))
-        .routes(routes!(list_routes, add_route))
+        .routes(routes!(list_routes, add_route, set_routes))
         .routes(routes!(delete_route))
         .routes(routes!(list_devices, create_device))
         .routes(routes!(delete_device))

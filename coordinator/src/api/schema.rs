@@ -239,6 +239,14 @@ pub struct NewRoute {
     pub comment: String,
 }
 
+/// The whole list of routes a node advertises (replaces what it had).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteList {
+    /// The routes; an empty list withdraws them all.
+    pub routes: Vec<NewRoute>,
+}
+
 /// A route advertised by a node.
 #[derive(Serialize, ToSchema)]
 pub struct RouteView {

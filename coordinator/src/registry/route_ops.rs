@@ -57,6 +57,11 @@ impl Registry {
         }
     }
 
+    /// Drop the cached copy (after a write that is not one route).
+    pub(super) fn forget_routes(&self) {
+        *self.routes.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// Advertise `network` through `node`.
     pub fn add_route(&self, node: Id, network: &str, comment: &str) -> R<RouteRecord> {
         let net = routes::parse(network)?;

@@ -281,6 +281,12 @@ fn is_lease_not_found(e: &etcd_client::Error) -> bool {
 }
 
 impl Store for EtcdStore {
+    /// etcd refuses a transaction with more operations than its `--max-txn-ops`, 128
+    /// unless the server was started with more.
+    fn max_txn_ops(&self) -> usize {
+        128
+    }
+
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let (root, full) = (self.root.clone(), self.key(key));
         let resp = self

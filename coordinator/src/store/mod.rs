@@ -152,6 +152,11 @@ pub trait Store: Send + Sync {
     /// Watch keys under `prefix` from now on.
     fn watch(&self, prefix: &str) -> Watch;
 
+    /// The most operations one [`Store::txn`] may carry.
+    fn max_txn_ops(&self) -> usize {
+        usize::MAX
+    }
+
     /// Put one key (convenience over [`Store::txn`]).
     fn put(&self, key: &str, value: &[u8]) -> Result<u64, StoreError> {
         let rev = self.txn(&[], &[Op::put(key, value)])?;

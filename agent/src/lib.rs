@@ -16,5 +16,6 @@ pub mod runtime;
 pub mod state_dir;
 pub mod status;
 pub mod sysctl;
+pub mod sysdump;
 pub mod tun;
 pub mod vip;

@@ -36,6 +36,19 @@ enum Command {
         #[arg(long, env = "MESHGATE_STATUS_TIMEOUT_MS", default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Write a support archive (tar.gz, secrets redacted) of this host's meshgate state:
+    /// links, addresses, rules, routes, nftables, XDP programs and maps, sysctls, status.
+    Sysdump {
+        /// Where to write the archive (`-`: standard output).
+        #[arg(long, short, default_value = "meshgate-agent-sysdump.tar.gz")]
+        out: PathBuf,
+        /// The running agent's state dir (its status socket lives there).
+        #[arg(long, env = "MESHGATE_STATE_DIR", default_value = "/var/lib/meshgate")]
+        state_dir: PathBuf,
+        /// How long to wait for the agent's status.
+        #[arg(long, env = "MESHGATE_STATUS_TIMEOUT_MS", default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +89,23 @@ fn main() -> ExitCode {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 } else {
                     print!("{}", status::human(&report));
+                }
+                Ok(())
+            }
+            Command::Sysdump {
+                out,
+                state_dir,
+                timeout_ms,
+            } => {
+                let bytes =
+                    meshgate_agent::sysdump::collect(&state_dir, Duration::from_millis(timeout_ms))
+                        .await?;
+                if out.as_os_str() == "-" {
+                    use std::io::Write as _;
+                    std::io::stdout().write_all(&bytes)?;
+                } else {
+                    std::fs::write(&out, &bytes)?;
+                    eprintln!("wrote {} ({} bytes)", out.display(), bytes.len());
                 }
                 Ok(())
             }

@@ -65,6 +65,8 @@ use std::time::Instant;
 use meshgate_proto::{LanInfo, Role};
 
 mod queries;
+pub mod quorum;
+pub mod shared;
 mod types;
 pub use types::{Action, Config, ConnId, Event, Out, Permit};
 

@@ -70,6 +70,8 @@ pub struct Hub {
     next_conn: AtomicU64,
     fails: Mutex<FailLimiter>,
     writer: mpsc::UnboundedSender<Vec<(Id, u64)>>,
+    /// Where a cluster member's store transactions go (set once by the cluster driver).
+    pub cluster_ops: std::sync::OnceLock<mpsc::UnboundedSender<crate::election::quorum::ClusterOp>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -94,6 +96,7 @@ impl Hub {
             overlap: handover_overlap,
             mesh,
             restart_hold,
+            member: None,
         };
         let (writer, writes) = mpsc::unbounded_channel();
         let hub = Self {
@@ -114,6 +117,7 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             fails: Mutex::default(),
             writer,
+            cluster_ops: std::sync::OnceLock::new(),
         };
         (hub, writes)
     }
@@ -177,6 +181,11 @@ impl Hub {
                 Output::Routes(table) => {
                     self.routes.send_replace(table);
                 }
+                Output::Store(op) => match self.cluster_ops.get() {
+                    // The cluster driver lives as long as the hub; a send fails only at exit.
+                    Some(tx) => drop(tx.send(op)),
+                    None => tracing::error!(?op, "a store transaction without a cluster driver"),
+                },
                 Output::Event(e) => {
                     if e.event == "promoted"
                         && let Some(d) = e.after_expiry

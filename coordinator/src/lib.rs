@@ -16,3 +16,4 @@ pub mod registry;
 pub mod relay;
 pub mod routes;
 pub mod store;
+pub mod sysdump_logs;

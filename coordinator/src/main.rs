@@ -35,6 +35,19 @@ struct Cli {
 enum Cmd {
     /// Run the coordinator.
     Serve(Serve),
+    /// Write a support archive (tar.gz, secrets redacted) from the data directory of a
+    /// coordinator that is not running; a running one serves GET /api/v1/support/sysdump.
+    Sysdump(SysdumpArgs),
+}
+
+#[derive(Parser)]
+struct SysdumpArgs {
+    /// The coordinator's data directory.
+    #[arg(long, env = "MESHGATE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Where to write the archive (`-`: standard output).
+    #[arg(long, short, default_value = "meshgate-sysdump.tar.gz")]
+    out: PathBuf,
 }
 
 #[derive(Parser)]
@@ -115,17 +128,36 @@ fn backend(a: &Serve) -> Result<Backend> {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // One variable for both binaries, named like their other settings.
-            EnvFilter::try_from_env("MESHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
+    use tracing_subscriber::prelude::*;
+    tracing_subscriber::registry()
+        // One variable for both binaries, named like their other settings.
+        .with(EnvFilter::try_from_env("MESHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        // The newest lines, for sysdumps.
+        .with(meshgate_coordinator::sysdump_logs::RecentLogs)
         .init();
-    let Cmd::Serve(args) = Cli::parse().cmd;
+    let args = match Cli::parse().cmd {
+        Cmd::Serve(args) => args,
+        Cmd::Sysdump(s) => return sysdump(&s),
+    };
     tokio::runtime::Runtime::new()
         .context("failed to start the runtime")?
         .block_on(serve(args))
+}
+
+fn sysdump(s: &SysdumpArgs) -> Result<()> {
+    let bytes = api::offline_sysdump(&s.data_dir)?;
+    if s.out.as_os_str() == "-" {
+        use std::io::Write as _;
+        std::io::stdout()
+            .write_all(&bytes)
+            .context("failed to write the archive to stdout")?;
+    } else {
+        std::fs::write(&s.out, &bytes)
+            .with_context(|| format!("failed to write {}", s.out.display()))?;
+        eprintln!("wrote {} ({} bytes)", s.out.display(), bytes.len());
+    }
+    Ok(())
 }
 
 async fn serve(a: Serve) -> Result<()> {

@@ -45,6 +45,23 @@ struct Conn {
     next_heartbeat: Time,
 }
 
+/// The agent's connection to one coordinator, and its reconnect state.
+struct Link {
+    conn: Option<Conn>,
+    reconnect_at: Option<Time>,
+    backoff: Time,
+}
+
+impl Link {
+    fn new() -> Self {
+        Self {
+            conn: None,
+            reconnect_at: None,
+            backoff: 100_000,
+        }
+    }
+}
+
 pub(crate) struct Agent {
     pub(crate) idx: usize,
     p: Params,
@@ -59,15 +76,14 @@ pub(crate) struct Agent {
     core: Failover,
     /// The data plane's own lease deadline (XDP checks it without the process).
     dp_deadline: Option<Instant>,
-    conn: Option<Conn>,
-    reconnect_at: Option<Time>,
-    backoff: Time,
+    /// One per coordinator: an agent keeps a connection to every coordinator it knows.
+    links: Vec<Link>,
     /// Timer events pending, so each instant is armed once.
     armed: std::collections::BTreeSet<Time>,
 }
 
 impl Agent {
-    pub(crate) fn new(idx: usize, p: Params) -> Self {
+    pub(crate) fn new(idx: usize, p: Params, coords: usize) -> Self {
         Self {
             idx,
             p,
@@ -79,9 +95,7 @@ impl Agent {
             asked_handover: false,
             core: Failover::new(Mode::Node),
             dp_deadline: None,
-            conn: None,
-            reconnect_at: None,
-            backoff: 100_000,
+            links: (0..coords).map(|_| Link::new()).collect(),
             armed: Default::default(),
         }
     }
@@ -97,14 +111,28 @@ impl Agent {
         }
     }
 
-    /// Alive, unfrozen and registered.
-    pub(crate) fn ready(&self) -> bool {
-        self.alive && self.conn.as_ref().is_some_and(|c| c.welcomed)
+    /// Alive and registered with every coordinator that is up.
+    pub(crate) fn ready(&self, up: &[bool]) -> bool {
+        self.alive
+            && self
+                .links
+                .iter()
+                .zip(up)
+                .all(|(l, up)| !up || l.conn.as_ref().is_some_and(|c| c.welcomed))
     }
 
-    /// The current connection's session.
-    pub(crate) fn session(&self) -> Option<u64> {
-        self.conn.as_ref().map(|c| c.session)
+    /// The current connections' sessions.
+    pub(crate) fn sessions(&self) -> impl Iterator<Item = u64> + '_ {
+        self.links
+            .iter()
+            .filter_map(|l| l.conn.as_ref().map(|c| c.session))
+    }
+
+    /// Which coordinator a session of this agent goes to.
+    pub(crate) fn coord_of(&self, session: u64) -> Option<usize> {
+        self.links
+            .iter()
+            .position(|l| l.conn.as_ref().is_some_and(|c| c.session == session))
     }
 
     /// A fresh process starts (and connects).
@@ -116,24 +144,38 @@ impl Agent {
         *a = Agent {
             life: a.life + 1,
             alive: true,
-            ..Agent::new(i, a.p)
+            ..Agent::new(i, a.p, a.links.len())
         };
         a.core.initial_actions();
-        a.reconnect_at = Some(w.now);
+        for l in &mut a.links {
+            l.reconnect_at = Some(w.now);
+        }
         Self::arm(w, i, w.now);
     }
 
     /// `kill -9`: the process is gone; its data plane keeps its last state until its own
-    /// lease deadline; the coordinator is not told (until the idle timeout).
+    /// lease deadline; the coordinators are not told (until the idle timeout).
     pub(crate) fn kill(w: &mut World, i: usize) {
         let a = &mut w.agents[i];
         a.alive = false;
         a.life += 1;
-        if let Some(c) = a.conn.take() {
+        let gone: Vec<(usize, u64, u64)> = a
+            .links
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(k, l)| l.conn.take().map(|c| (k, c.session, c.run)))
+            .collect();
+        for (coord, session, run) in gone {
             // The coordinator notices at the connection's idle timeout.
             let at = w.now + w.rng.random_range(500_000..3_000_000);
-            let (session, run) = (c.session, c.run);
-            w.push(at, Ev::ClosedAtCoord { session, run });
+            w.push(
+                at,
+                Ev::ClosedAtCoord {
+                    coord,
+                    session,
+                    run,
+                },
+            );
         }
     }
 
@@ -154,16 +196,32 @@ impl Agent {
         if w.agents[i].life != life || !w.agents[i].alive {
             return;
         }
-        if let Some(c) = w.agents[i].conn.take() {
-            let cut = w.agents[i].partitioned_until;
-            let ev = Ev::ToCoord {
-                session: c.session,
-                run: c.run,
-                msg: Up::Goodbye,
-            };
-            w.send(true, c.session, cut, ev);
-        }
+        Self::to_all(w, i, Up::Goodbye);
         Self::kill(w, i);
+    }
+
+    /// Sends `msg` on every connection.
+    fn to_all(w: &mut World, i: usize, msg: Up) {
+        let conns: Vec<(usize, u64, u64)> = w.agents[i]
+            .links
+            .iter()
+            .enumerate()
+            .filter_map(|(k, l)| l.conn.as_ref().map(|c| (k, c.session, c.run)))
+            .collect();
+        for (coord, session, run) in conns {
+            Self::send_up(w, i, coord, session, run, msg.clone());
+        }
+    }
+
+    fn send_up(w: &mut World, i: usize, coord: usize, session: u64, run: u64, msg: Up) {
+        let cut = w.cut(i, coord);
+        let ev = Ev::ToCoord {
+            coord,
+            session,
+            run,
+            msg,
+        };
+        w.send(true, session, cut, ev);
     }
 
     /// Arms the agent's timer for `at` (once per instant).
@@ -198,23 +256,26 @@ impl Agent {
         {
             return;
         }
-        let a = &mut w.agents[i];
-        let guard = a.p.guard;
-        let Some(c) = a.conn.as_mut().filter(|c| c.session == session) else {
+        let Some(k) = w.agents[i].coord_of(session) else {
             return;
         };
+        let a = &mut w.agents[i];
+        let guard = a.p.guard;
+        let c = a.links[k].conn.as_mut().expect("coord_of found it");
+        // A Welcome that makes this replica active counts as a grant from the Hello's
+        // send time, once the agent-wide epoch is settled below.
+        let mut welcome_grant = None;
         match msg {
             CoordMsg::Welcome(wl) if !c.welcomed => {
                 c.welcomed = true;
                 c.lease = LeaseTracker::new(guard);
                 if wl.role == Role::Active {
-                    c.lease.set_epoch(Some(wl.epoch));
                     let valid = Duration::from_millis(wl.timings.lease_ms.into());
-                    c.lease.grant_from(wl.epoch, c.hello_sent, valid);
+                    welcome_grant = Some((wl.epoch, c.hello_sent, valid));
                 }
                 (c.role, c.epoch, c.active) = (wl.role, wl.epoch, wl.active);
                 c.next_heartbeat = w.now;
-                a.backoff = 100_000;
+                a.links[k].backoff = 100_000;
                 Self::arm(w, i, w.now);
             }
             _ if !c.welcomed => return,
@@ -233,34 +294,65 @@ impl Agent {
                 epoch,
                 active,
             } => {
-                c.lease.set_epoch((role == Role::Active).then_some(epoch));
                 (c.role, c.epoch, c.active) = (role, epoch, active);
             }
-            CoordMsg::HandoverDone { epoch } => c.epoch = epoch,
+            CoordMsg::HandoverDone { epoch } => c.epoch = c.epoch.max(epoch),
             CoordMsg::Refused { .. } => {
                 Self::closed(w, i, session);
                 return;
             }
             CoordMsg::Welcome(_) | CoordMsg::Routes(_) | CoordMsg::Filter(_) => return,
         }
+        Self::settle(&mut w.agents[i]);
+        if let Some((epoch, sent, valid)) = welcome_grant
+            && let Some(c) = w.agents[i].links[k].conn.as_mut()
+        {
+            c.lease.grant_from(epoch, sent, valid);
+        }
         Self::feed_status(w, i);
+    }
+
+    /// The agent-wide view: the highest epoch any connection reported, active if a
+    /// connection says so for that epoch; every connection's lease tracker then accepts
+    /// grants of that epoch (so a grant from any coordinator counts).
+    fn settle(a: &mut Agent) {
+        let best = a
+            .links
+            .iter()
+            .filter_map(|l| l.conn.as_ref().filter(|c| c.welcomed))
+            .max_by_key(|c| (c.epoch, c.role == Role::Active))
+            .map(|c| (c.role, c.epoch, c.active));
+        let active_epoch = best.and_then(|(r, e, _)| (r == Role::Active).then_some(e));
+        for c in a.links.iter_mut().filter_map(|l| l.conn.as_mut()) {
+            c.lease.set_epoch(active_epoch);
+        }
     }
 
     /// What the runtime does on every status change.
     fn feed_status(w: &mut World, i: usize) {
         let a = &mut w.agents[i];
-        let Some(c) = a.conn.as_ref() else {
+        let best = a
+            .links
+            .iter()
+            .filter_map(|l| l.conn.as_ref().filter(|c| c.welcomed))
+            .max_by_key(|c| (c.epoch, c.role == Role::Active))
+            .map(|c| (c.role, c.epoch, c.active));
+        let Some((role, epoch, active)) = best else {
             return;
         };
-        let deadline = c.lease.deadline();
-        let lease = deadline.filter(|_| c.role == Role::Active);
+        let deadline = a
+            .links
+            .iter()
+            .filter_map(|l| l.conn.as_ref()?.lease.deadline())
+            .max();
+        let lease = deadline.filter(|_| role == Role::Active);
         if lease.is_some() {
             a.dp_deadline = lease;
         }
         let ev = Event::Status {
-            role: c.role,
-            epoch: c.epoch,
-            active: c.active,
+            role,
+            epoch,
+            active,
             lease_deadline: deadline,
         };
         Self::feed(w, i, ev);
@@ -275,20 +367,7 @@ impl Agent {
         for act in actions {
             if let Action::RequestHandover(_) = act {
                 w.agents[i].asked_handover = true;
-                if let Some(c) = w.agents[i].conn.as_ref() {
-                    let (session, run) = (c.session, c.run);
-                    let cut = w.agents[i].partitioned_until;
-                    w.send(
-                        true,
-                        session,
-                        cut,
-                        Ev::ToCoord {
-                            session,
-                            run,
-                            msg: Up::Handover,
-                        },
-                    );
-                }
+                Self::to_all(w, i, Up::Handover);
             }
         }
         let a = &mut w.agents[i];
@@ -302,21 +381,29 @@ impl Agent {
     }
 
     pub(crate) fn closed(w: &mut World, i: usize, session: u64) {
-        let a = &mut w.agents[i];
-        if !a.alive || a.conn.as_ref().is_none_or(|c| c.session != session) {
+        if !w.agents[i].alive {
             return;
         }
-        a.conn = None;
-        let jitter = w.rng.random_range(0..a.backoff / 2 + 1);
-        let a = &mut w.agents[i];
-        let at = w.now + a.backoff + jitter;
-        a.reconnect_at = Some(at);
-        a.backoff = (a.backoff * 2).min(400_000);
+        let Some(k) = w.agents[i].coord_of(session) else {
+            return;
+        };
+        let backoff = w.agents[i].links[k].backoff;
+        let jitter = w.rng.random_range(0..backoff / 2 + 1);
+        let l = &mut w.agents[i].links[k];
+        l.conn = None;
+        let at = w.now + l.backoff + jitter;
+        l.reconnect_at = Some(at);
+        l.backoff = (l.backoff * 2).min(400_000);
         Self::arm(w, i, at);
-        Self::feed(w, i, Event::Disconnected);
+        if w.agents[i].links.iter().all(|l| l.conn.is_none()) {
+            Self::feed(w, i, Event::Disconnected);
+        } else {
+            Self::settle(&mut w.agents[i]);
+            Self::feed_status(w, i);
+        }
     }
 
-    /// Heartbeats, lease deadline, reconnect.
+    /// Heartbeats, lease deadline, reconnects.
     pub(crate) fn timer(w: &mut World, i: usize, life: u64) {
         if w.agents[i].life != life || !w.agents[i].alive {
             return;
@@ -329,13 +416,19 @@ impl Agent {
         }
         Self::feed(w, i, Event::Tick);
         let now = w.now;
-        if w.agents[i].conn.is_none() && w.agents[i].reconnect_at.is_some_and(|t| t <= now) {
-            Self::connect(w, i);
+        for k in 0..w.agents[i].links.len() {
+            let l = &w.agents[i].links[k];
+            if l.conn.is_none() && l.reconnect_at.is_some_and(|t| t <= now) {
+                Self::connect(w, i, k);
+            }
+            Self::heartbeat(w, i, k);
         }
-        let hb = us(w.p.heartbeat);
-        let base = w.base;
-        let a = &mut w.agents[i];
-        let Some(c) = a.conn.as_mut().filter(|c| c.welcomed) else {
+    }
+
+    /// Heartbeats go on every connection.
+    fn heartbeat(w: &mut World, i: usize, k: usize) {
+        let (now, hb, base) = (w.now, us(w.p.heartbeat), w.base);
+        let Some(c) = w.agents[i].links[k].conn.as_mut().filter(|c| c.welcomed) else {
             return;
         };
         if c.next_heartbeat > now {
@@ -346,27 +439,18 @@ impl Agent {
         c.lease.sent(seq, base + Duration::from_micros(now));
         c.next_heartbeat = now + hb;
         let (session, run, next) = (c.session, c.run, c.next_heartbeat);
-        let cut = a.partitioned_until;
         Self::arm(w, i, next);
-        w.send(
-            true,
-            session,
-            cut,
-            Ev::ToCoord {
-                session,
-                run,
-                msg: Up::Heartbeat { seq },
-            },
-        );
+        Self::send_up(w, i, k, session, run, Up::Heartbeat { seq });
     }
 
-    fn connect(w: &mut World, i: usize) {
+    fn connect(w: &mut World, i: usize, k: usize) {
         let session = w.next_session();
-        let run = w.coord.run;
+        let run = w.coords[k].run;
         let now = w.at(w.now);
         let a = &mut w.agents[i];
-        a.reconnect_at = None;
-        a.conn = Some(Conn {
+        let l = &mut a.links[k];
+        l.reconnect_at = None;
+        l.conn = Some(Conn {
             session,
             run,
             hello_sent: now,
@@ -383,12 +467,20 @@ impl Agent {
             replica: format!("replica-{i}"),
             seen_epoch: a.core.forwarding().epoch(),
         };
-        let cut = a.partitioned_until;
         // A handshake or Hello lost for good: the attempt times out.
         w.push(
             w.now + CONNECT_TIMEOUT,
             Ev::ConnectTimeout { agent: i, session },
         );
-        w.send(true, session, cut, Ev::ToCoord { session, run, msg });
+        Self::send_up(w, i, k, session, run, msg);
+    }
+
+    /// Whether the connection `session` was welcomed.
+    pub(crate) fn welcomed(&self, session: u64) -> bool {
+        self.links.iter().any(|l| {
+            l.conn
+                .as_ref()
+                .is_some_and(|c| c.session == session && c.welcomed)
+        })
     }
 }

@@ -57,6 +57,8 @@ pub(crate) struct Checker {
     served_since_ready: bool,
     killed: Option<(Time, usize)>,
     outage: Option<Duration>,
+    /// A coordinator died while this agent was the healthy active in this epoch.
+    calm: Option<(usize, u64)>,
 }
 
 impl Checker {
@@ -70,12 +72,20 @@ impl Checker {
             served_since_ready: false,
             killed: None,
             outage: None,
+            calm: None,
         }
     }
 
-    /// Latency the bounds allow on a healthy network: a message each way and a write.
+    /// Latency the bounds allow on a healthy network: a message each way and a write;
+    /// in a cluster, marks, the watch and the promotion each cross a (maybe slow) etcd,
+    /// a failed race is retried, and a member re-registers within a keep-alive.
     fn slack(&self) -> Time {
-        2 * CLEAN_DELAY + WRITE_LATENCY
+        let cluster = if self.p.cluster { 600_000 } else { 0 };
+        2 * CLEAN_DELAY + WRITE_LATENCY + cluster
+    }
+
+    pub(crate) fn coordinator_died(&mut self, _now: Time, agent: usize, epoch: u64) {
+        self.calm = Some((agent, epoch));
     }
 
     pub(crate) fn heal_at(&mut self, t: Time) {
@@ -89,6 +99,15 @@ impl Checker {
     }
 
     pub(crate) fn promoted(&mut self, now: Time, epoch: u64) {
+        if self.calm.is_some() && self.killed.is_none() && self.pending.is_none() {
+            self.pending = Some(Violation {
+                at: now,
+                what: format!(
+                    "needless failover: epoch {epoch} promoted after only a coordinator died"
+                ),
+                trace: Vec::new(),
+            });
+        }
         if epoch <= self.max_sent && self.pending.is_none() {
             self.pending = Some(Violation {
                 at: now,
@@ -136,6 +155,14 @@ impl Checker {
                     "more than one replica forwards: {forwarding:?} (agent, epoch, asked for handover)"
                 ));
             }
+        }
+        if let Some((agent, epoch)) = self.calm
+            && self.killed.is_none()
+            && !forwarding.iter().any(|f| f.0 == agent && f.1 == epoch)
+        {
+            return fail(format!(
+                "the healthy active {agent} stopped forwarding in epoch {epoch} after only a coordinator died: {forwarding:?}"
+            ));
         }
         if now >= self.heal && self.killed.is_none() {
             if all_ready && self.ready_since.is_none() {

@@ -11,6 +11,14 @@
 //! restarted (losing its memory and any epoch write still in flight); then the faults
 //! heal, and finally the active replica is killed on a clean network.
 //!
+//! Cluster runs put two or three coordinators, each the real core as a member
+//! (`meshgate_coordinator::election::quorum`), on a modelled etcd ([`etcd`]: linearizable
+//! transactions with a delay, leader changes that stall it, member keys that expire),
+//! with agents connected to every coordinator that accept grants from any of them. Their
+//! faults add coordinator crashes and restarts, a coordinator cut off from etcd or from
+//! the agents, etcd stalls and a slow etcd; after healing, one coordinator dies for good
+//! while the active is healthy, and only then is the active killed.
+//!
 //! Checked after every step ([`check`]):
 //! * at most one replica forwards, except a replica that asked for handover overlapping
 //!   its successor (older epoch);
@@ -19,16 +27,31 @@
 //! * once everything has healed and every replica is registered, the node has a
 //!   forwarding replica within the restart hold, a lease, a heartbeat and a tick;
 //! * after the active's death on a clean network, a successor forwards within a lease and
-//!   a tick (plus the network's and the store's latency).
+//!   a tick (plus the network's and the store's latency);
+//! * (cluster) while only a coordinator dies, the healthy active keeps forwarding in the
+//!   same epoch and nobody is promoted.
 //!
 //! [`Core`]: meshgate_coordinator::core::Core
 
 mod agent;
 pub mod check;
 mod coord;
+mod etcd;
+mod faults;
 mod world;
 
 use std::time::Duration;
+
+use meshgate_coordinator::election::quorum::QuorumTimings;
+
+/// Member-key timings of cluster runs: the production ones scaled down five-fold (as
+/// are the etcd stalls, 100–400 ms here against 1–2 s), so a run that lets a member key
+/// expire stays short.
+pub const CLUSTER_TIMINGS: QuorumTimings = QuorumTimings {
+    member_ttl: Duration::from_secs(1),
+    keepalive: Duration::from_millis(100),
+    guard: Duration::from_millis(100),
+};
 
 pub use check::Violation;
 pub use world::World;
@@ -47,6 +70,12 @@ pub struct Params {
     /// Whether a restarted coordinator holds promotions for the longest lease (the fix
     /// under test); `false` reproduces the coordinator without the hold.
     pub restart_hold: bool,
+    /// A cluster run: two or three coordinators on a modelled etcd, agents connected to
+    /// all of them.
+    pub cluster: bool,
+    /// (Cluster) members fence themselves later than etcd expires their key: the broken
+    /// configuration the self-fencing rule exists to prevent.
+    pub fence_late: bool,
 }
 
 impl Default for Params {
@@ -57,6 +86,8 @@ impl Default for Params {
             guard: Duration::from_millis(50),
             tick: Duration::from_millis(10),
             restart_hold: true,
+            cluster: false,
+            fence_late: false,
         }
     }
 }

@@ -9,9 +9,12 @@ use meshgate_proto::{CoordMsg, Id};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
+use meshgate_coordinator::election::quorum::{ClusterEvent, QuorumTimings};
+
 use crate::agent::{Agent, Up};
 use crate::check::{Checker, Violation};
 use crate::coord::Coord;
+use crate::etcd::{Etcd, Req};
 use crate::{Outcome, Params};
 
 /// The node every replica belongs to.
@@ -27,8 +30,13 @@ pub(crate) fn us(d: Duration) -> Time {
 /// Something due at a time.
 #[derive(Debug, Clone)]
 pub(crate) enum Ev {
-    /// A message reaches the coordinator.
-    ToCoord { session: u64, run: u64, msg: Up },
+    /// A message reaches a coordinator.
+    ToCoord {
+        coord: usize,
+        session: u64,
+        run: u64,
+        msg: Up,
+    },
     /// A message reaches an agent.
     ToAgent {
         agent: usize,
@@ -39,12 +47,34 @@ pub(crate) enum Ev {
     ClosedAtAgent { agent: usize, session: u64 },
     /// A connection attempt gives up unless it was welcomed.
     ConnectTimeout { agent: usize, session: u64 },
-    /// The coordinator learns a connection is gone.
-    ClosedAtCoord { session: u64, run: u64 },
-    /// The coordinator's clock.
-    CoordTick { run: u64 },
+    /// A coordinator learns a connection is gone.
+    ClosedAtCoord {
+        coord: usize,
+        session: u64,
+        run: u64,
+    },
+    /// A coordinator's clock.
+    CoordTick { coord: usize, run: u64 },
     /// An epoch write finished.
-    WriteDone { run: u64, epochs: Vec<(Id, u64)> },
+    WriteDone {
+        coord: usize,
+        run: u64,
+        epochs: Vec<(Id, u64)>,
+    },
+    /// etcd applies a request.
+    EtcdApply { coord: usize, run: u64, req: Req },
+    /// etcd tells a coordinator something.
+    ToMember {
+        coord: usize,
+        run: u64,
+        ev: ClusterEvent,
+    },
+    /// etcd looks for expired member keys.
+    EtcdExpire,
+    /// A member's keep-alive loop.
+    MemberTimer { coord: usize, run: u64 },
+    /// A registration went unanswered.
+    RegisterTimeout { coord: usize, run: u64 },
     /// An agent's timers (heartbeat, lease deadline, reconnect).
     AgentTimer { agent: usize, life: u64 },
     /// A fault starts or ends.
@@ -53,15 +83,58 @@ pub(crate) enum Ev {
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Fault {
-    Freeze { agent: usize, until: Time },
-    Partition { agent: usize, until: Time },
-    Kill { agent: usize },
-    Restart { agent: usize },
-    Drain { agent: usize },
-    Exit { agent: usize, life: u64 },
-    CoordDown { until: Time },
-    CoordUp,
+    Freeze {
+        agent: usize,
+        until: Time,
+    },
+    Partition {
+        agent: usize,
+        until: Time,
+    },
+    Kill {
+        agent: usize,
+    },
+    Restart {
+        agent: usize,
+    },
+    Drain {
+        agent: usize,
+    },
+    Exit {
+        agent: usize,
+        life: u64,
+    },
+    CoordDown {
+        coord: usize,
+        until: Time,
+    },
+    CoordUp {
+        coord: usize,
+    },
+    /// A coordinator cut off from etcd (cluster runs).
+    CutEtcd {
+        coord: usize,
+        until: Time,
+    },
+    /// A coordinator cut off from every agent (cluster runs).
+    CutAgents {
+        coord: usize,
+        until: Time,
+    },
+    /// An etcd leader change (cluster runs).
+    EtcdStall {
+        until: Time,
+    },
+    /// A coordinator on the agents' side of a partition: cut off from etcd, and one
+    /// agent cut off from every other coordinator (cluster runs).
+    Isolate {
+        coord: usize,
+        agent: usize,
+        until: Time,
+    },
     Heal,
+    /// On a healed cluster with a serving active: one coordinator dies for good.
+    KillCoord,
     KillActive,
     End,
 }
@@ -111,9 +184,14 @@ pub struct World {
     queue: BinaryHeap<Reverse<Queued>>,
     seq: u64,
     pub(crate) agents: Vec<Agent>,
-    pub(crate) coord: Coord,
+    pub(crate) coords: Vec<Coord>,
+    /// A cluster run's etcd.
+    pub(crate) etcd: Option<Etcd>,
+    pub(crate) quorum_timings: Option<QuorumTimings>,
+    /// Links between an agent and a coordinator cut until then.
+    pub(crate) link_cut: std::collections::HashMap<(usize, usize), Time>,
     pub(crate) check: Checker,
-    faults: Option<NetFaults>,
+    pub(crate) faults: Option<NetFaults>,
     /// Per direction and session, when the last in-order message arrives (QUIC streams
     /// are ordered; a "reorder" fault lets a message skip the line).
     fifo: std::collections::HashMap<(bool, u64), Time>,
@@ -130,7 +208,25 @@ impl World {
         let mut rng = StdRng::seed_from_u64(seed);
         let base = Instant::now();
         let replicas = rng.random_range(2..=3);
-        let agents = (0..replicas).map(|i| Agent::new(i, p)).collect();
+        let n = if p.cluster {
+            rng.random_range(2..=3)
+        } else {
+            1
+        };
+        let agents = (0..replicas).map(|i| Agent::new(i, p, n)).collect();
+        let quorum_timings = p.cluster.then_some(if p.fence_late {
+            // Members that believe their key lives three times longer than it does.
+            QuorumTimings {
+                member_ttl: crate::CLUSTER_TIMINGS.member_ttl * 3,
+                ..crate::CLUSTER_TIMINGS
+            }
+        } else {
+            crate::CLUSTER_TIMINGS
+        });
+        let etcd = p.cluster.then(|| {
+            let latency = if rng.random_bool(0.3) { 20_000 } else { 2_000 };
+            Etcd::new(n, latency, us(crate::CLUSTER_TIMINGS.member_ttl))
+        });
         let faults = NetFaults {
             drop: rng.random_range(0.0..0.2),
             dup: rng.random_range(0.0..0.1),
@@ -144,7 +240,10 @@ impl World {
             queue: BinaryHeap::new(),
             seq: 0,
             agents,
-            coord: Coord::new(p, base),
+            coords: (0..n).map(|_| Coord::new()).collect(),
+            etcd,
+            quorum_timings,
+            link_cut: Default::default(),
             check: Checker::new(p),
             faults: Some(faults),
             fifo: Default::default(),
@@ -240,13 +339,24 @@ impl World {
         }
     }
 
+    /// How long messages between `agent` and coordinator `coord` are cut.
+    pub(crate) fn cut(&self, agent: usize, coord: usize) -> Time {
+        self.agents[agent]
+            .partitioned_until
+            .max(self.coords[coord].agents_cut_until)
+            .max(self.link_cut.get(&(agent, coord)).copied().unwrap_or(0))
+    }
+
     /// Both ends learn, after a while, that a connection is gone.
     fn break_connection(&mut self, session: u64, ev: &Ev) {
         self.broken.insert(session);
-        let (agent, run) = match ev {
-            Ev::ToAgent { agent, .. } => (*agent, self.coord.run),
-            Ev::ToCoord { session, run, .. } => match self.agent_of(*session) {
-                Some(a) => (a, *run),
+        let (agent, coord, run) = match ev {
+            Ev::ToAgent { agent, .. } => match self.agents[*agent].coord_of(session) {
+                Some(k) => (*agent, k, self.coords[k].run),
+                None => return,
+            },
+            Ev::ToCoord { coord, run, .. } => match self.agent_of(session) {
+                Some(a) => (a, *coord, *run),
                 None => return,
             },
             _ => return,
@@ -254,54 +364,20 @@ impl World {
         let at = self.now + self.rng.random_range(1_000..300_000);
         self.push(at, Ev::ClosedAtAgent { agent, session });
         let at = self.now + self.rng.random_range(1_000..300_000);
-        self.push(at, Ev::ClosedAtCoord { session, run });
+        self.push(
+            at,
+            Ev::ClosedAtCoord {
+                coord,
+                session,
+                run,
+            },
+        );
     }
 
     fn agent_of(&self, session: u64) -> Option<usize> {
         self.agents
             .iter()
-            .position(|a| a.session() == Some(session))
-    }
-
-    fn schedule_faults(&mut self) {
-        let mut chaos: Time = self.rng.random_range(400_000..1_500_000);
-        let n = self.agents.len();
-        for _ in 0..self.rng.random_range(0..6) {
-            let at = self.rng.random_range(0..chaos);
-            let agent = self.rng.random_range(0..n);
-            let f = match self.rng.random_range(0..6) {
-                0 => Fault::Freeze {
-                    agent,
-                    until: at + self.rng.random_range(10_000..700_000),
-                },
-                1 => Fault::Partition {
-                    agent,
-                    until: at + self.rng.random_range(10_000..700_000),
-                },
-                2 => Fault::Kill { agent },
-                3 => Fault::Drain { agent },
-                _ => Fault::CoordDown {
-                    until: at + self.rng.random_range(0..300_000),
-                },
-            };
-            // Healing waits for every freeze and partition to end on its own, so what
-            // they held back arrives as it would.
-            if let Fault::Freeze { until, .. } | Fault::Partition { until, .. } = f {
-                chaos = chaos.max(until);
-            }
-            self.push(at, Ev::Fault(f));
-        }
-        self.push(chaos, Ev::Fault(Fault::Heal));
-        self.check.heal_at(chaos);
-        // Long enough after healing for a back-off, a restart hold and a lease.
-        let kill = chaos + 1_000_000;
-        self.push(kill, Ev::Fault(Fault::KillActive));
-        self.push(kill + 500_000, Ev::Fault(Fault::End));
-        for a in 0..n {
-            let at = self.rng.random_range(0..50_000);
-            self.push(at, Ev::Fault(Fault::Restart { agent: a }));
-        }
-        Coord::start(self, 0);
+            .position(|a| a.coord_of(session).is_some())
     }
 
     /// Runs to the end or the first violation.
@@ -339,22 +415,37 @@ impl World {
             .iter()
             .filter_map(|a| a.forwarding(at).map(|e| (a.idx, e, a.asked_handover)))
             .collect();
-        let all_ready = self.coord.up
+        let up: Vec<bool> = self.coords.iter().map(|c| c.up).collect();
+        let all_ready = up.iter().any(|u| *u)
             && self
                 .agents
                 .iter()
-                .all(|a| a.ready() && a.session().is_some_and(|s| !self.broken.contains(&s)));
-        let hold_end = self.coord.hold_end;
+                .all(|a| a.ready(&up) && a.sessions().all(|s| !self.broken.contains(&s)));
+        let hold_end = self.coords.iter().map(|c| c.hold_end).max().unwrap_or(0);
         self.check.step(now, &forwarding, all_ready, hold_end)
     }
 
     fn step(&mut self, ev: Ev) {
         self.log(|| format!("{ev:?}"));
         match ev {
-            Ev::ToCoord { session, run, msg } => Coord::deliver(self, session, run, msg),
-            Ev::ClosedAtCoord { session, run } => Coord::closed(self, session, run),
-            Ev::CoordTick { run } => Coord::tick(self, run),
-            Ev::WriteDone { run, epochs } => Coord::write_done(self, run, epochs),
+            Ev::ToCoord {
+                coord,
+                session,
+                run,
+                msg,
+            } => Coord::deliver(self, coord, session, run, msg),
+            Ev::ClosedAtCoord {
+                coord,
+                session,
+                run,
+            } => Coord::closed(self, coord, session, run),
+            Ev::CoordTick { coord, run } => Coord::tick(self, coord, run),
+            Ev::WriteDone { coord, run, epochs } => Coord::write_done(self, coord, run, epochs),
+            Ev::EtcdApply { coord, run, req } => Etcd::apply(self, coord, run, req),
+            Ev::ToMember { coord, run, ev } => Etcd::deliver(self, coord, run, ev),
+            Ev::EtcdExpire => Etcd::expire(self),
+            Ev::MemberTimer { coord, run } => Etcd::member_timer(self, coord, run),
+            Ev::RegisterTimeout { coord, run } => Etcd::register_timeout(self, coord, run),
             Ev::ToAgent {
                 agent,
                 session,
@@ -362,60 +453,12 @@ impl World {
             } => Agent::deliver(self, agent, session, msg),
             Ev::ClosedAtAgent { agent, session } => Agent::closed(self, agent, session),
             Ev::ConnectTimeout { agent, session } => {
-                let welcomed = self.agents[agent].ready();
-                if !welcomed {
+                if !self.agents[agent].welcomed(session) {
                     Agent::closed(self, agent, session);
                 }
             }
             Ev::AgentTimer { agent, life } => Agent::timer(self, agent, life),
             Ev::Fault(f) => self.fault(f),
-        }
-    }
-
-    fn fault(&mut self, f: Fault) {
-        match f {
-            Fault::Freeze { agent, until } => self.agents[agent].frozen_until = until,
-            Fault::Partition { agent, until } => self.agents[agent].partitioned_until = until,
-            Fault::Kill { agent } => Agent::kill(self, agent),
-            Fault::Restart { agent } => Agent::start(self, agent),
-            Fault::Drain { agent } => Agent::drain(self, agent),
-            Fault::CoordDown { until } => {
-                self.outcome.restarts += 1;
-                Coord::crash(self);
-                self.push(until, Ev::Fault(Fault::CoordUp));
-            }
-            Fault::CoordUp => {
-                let now = self.now;
-                Coord::start(self, now);
-            }
-            Fault::Exit { agent, life } => Agent::exit(self, agent, life),
-            Fault::Heal => {
-                self.faults = None;
-                for a in 0..self.agents.len() {
-                    if !self.agents[a].alive || self.agents[a].draining {
-                        Agent::kill(self, a);
-                        Agent::start(self, a);
-                    }
-                    let now = self.now;
-                    Agent::arm(self, a, now);
-                }
-                let now = self.now;
-                Coord::start(self, now);
-            }
-            Fault::KillActive => {
-                let at = self.at(self.now);
-                let active: Vec<usize> = self
-                    .agents
-                    .iter()
-                    .filter(|a| a.forwarding(at).is_some())
-                    .map(|a| a.idx)
-                    .collect();
-                if let [a] = active[..] {
-                    self.check.killed_active(self.now, a);
-                    Agent::kill(self, a);
-                }
-            }
-            Fault::End => {}
         }
     }
 }

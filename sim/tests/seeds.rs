@@ -9,6 +9,8 @@ use std::time::Instant;
 use meshgate_sim::{Params, run};
 
 const DEFAULT_SEEDS: u64 = 10_000;
+/// Cluster runs last longer (a member key must expire in each).
+const DEFAULT_CLUSTER_SEEDS: u64 = 2_000;
 
 fn env(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
@@ -83,6 +85,35 @@ fn every_seed_keeps_the_invariants() {
     );
 }
 
+/// The coordinator cluster: two or three members on a modelled etcd.
+#[test]
+fn every_cluster_seed_keeps_the_invariants() {
+    let p = Params {
+        cluster: true,
+        ..Params::default()
+    };
+    if let Some(seed) = env("MESHGATE_SIM_CLUSTER_SEED") {
+        match run(seed, p) {
+            Ok(o) => println!("cluster seed {seed}: ok, {o:?}"),
+            Err(v) => panic!("cluster seed {seed} fails:\n{v:#}"),
+        }
+        return;
+    }
+    let seeds = env("MESHGATE_SIM_CLUSTER_SEEDS").unwrap_or(DEFAULT_CLUSTER_SEEDS);
+    let started = Instant::now();
+    let (failure, promotions, restarts) = sweep(0, seeds, p);
+    if let Some((seed, report)) = failure {
+        panic!(
+            "cluster seed {seed} breaks an invariant; replay it with\n  MESHGATE_SIM_CLUSTER_SEED={seed} cargo test -p meshgate-sim -- --nocapture every_cluster\n{report}"
+        );
+    }
+    println!(
+        "{seeds} cluster seeds in {:.1?}: {promotions} promotions, {restarts} coordinator restarts",
+        started.elapsed()
+    );
+    assert!(promotions > seeds, "the runs must exercise failovers");
+}
+
 /// The simulation is not blind: without the restart hold, a restarted coordinator
 /// promotes a standby while the old active still holds its lease, and some seed shows
 /// two replicas forwarding.
@@ -94,6 +125,23 @@ fn without_the_restart_hold_a_seed_finds_two_forwarders() {
     };
     let (failure, _, _) = sweep(0, 2_000, p);
     let (seed, report) = failure.expect("some seed reproduces the early promotion");
+    assert!(
+        report.contains("more than one replica forwards"),
+        "seed {seed}: {report}"
+    );
+}
+
+/// Nor blind to the cluster's fencing: members that fence themselves only after etcd
+/// expired their key keep granting while the others promote, and a seed shows it.
+#[test]
+fn a_member_that_fences_too_late_lets_a_seed_find_two_forwarders() {
+    let p = Params {
+        cluster: true,
+        fence_late: true,
+        ..Params::default()
+    };
+    let (failure, _, _) = sweep(0, DEFAULT_CLUSTER_SEEDS, p);
+    let (seed, report) = failure.expect("some seed reproduces the late fence");
     assert!(
         report.contains("more than one replica forwards"),
         "seed {seed}: {report}"

@@ -5,6 +5,7 @@ mod bench_tools;
 mod cmd;
 mod demo;
 mod ebpf;
+mod package;
 mod setup;
 mod test;
 
@@ -34,6 +35,9 @@ enum Task {
     /// writes `target/bench/report.{md,json}` and flags regressions against
     /// `BENCHMARKS.md`.
     Bench(bench::BenchArgs),
+    /// Build Debian packages of the coordinator and the agent into `target/debian/`
+    /// (dpkg-deb from staged trees) and check them with lintian.
+    Package(package::PackageArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Package(args) => package::run(&args),
     }
 }

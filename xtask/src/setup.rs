@@ -44,6 +44,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     ("chromium-driver", "chromedriver"),
     ("lintian", "lintian"),
+    ("dpkg-dev", "dpkg-shlibdeps"),
 ];
 /// PyPI packages the tests use, as `(pip requirement, module)`: Selenium for the
 /// console's browser test, schemathesis to check the API against its OpenAPI document.

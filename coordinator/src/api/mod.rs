@@ -10,6 +10,7 @@ mod policies;
 pub mod policy_schema;
 mod probes;
 pub mod schema;
+mod sysdump;
 mod ui;
 pub mod views;
 
@@ -24,6 +25,7 @@ use axum::{Extension, Router};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
+pub use self::sysdump::offline as offline_sysdump;
 use crate::hub::Hub;
 use crate::registry::RegistryError;
 
@@ -131,7 +133,8 @@ fn documented(api: Option<&Arc<Api>>) -> OpenApiRouter<Arc<Api>> {
     let mut protected = handlers::routes()
         .merge(policies::routes())
         .merge(cluster::routes())
-        .merge(map::routes());
+        .merge(map::routes())
+        .merge(sysdump::routes());
     if let Some(api) = api {
         protected = protected.layer(middleware::from_fn_with_state(api.clone(), auth));
     }

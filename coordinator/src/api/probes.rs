@@ -66,18 +66,29 @@ fn replica_census(api: &Api) -> (usize, Vec<(String, &'static str, usize)>) {
     responses((status = 200, description = "Prometheus text exposition format 0.0.4",
         body = String, content_type = "text/plain")))]
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
-    let (participants, replicas) = replica_census(&api);
-    let mut text = api.hub.metrics.prometheus(participants, &replicas);
-    text.push_str(&super::policies::prometheus(&api));
+    let text = metrics_text(&api);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The Prometheus text `/metrics` serves (also written into sysdumps).
+pub(super) fn metrics_text(api: &Api) -> String {
+    let (participants, replicas) = replica_census(api);
+    let mut text = api.hub.metrics.prometheus(participants, &replicas);
+    text.push_str(&super::policies::prometheus(api));
+    text
 }
 
 #[utoipa::path(get, path = "/api/v1/stats", tag = "probes",
     responses((status = 200, description = "Counters since start", body = Envelope<Stats>)))]
 async fn stats(State(api): State<Arc<Api>>) -> Reply<Stats> {
-    let (participants, replicas) = replica_census(&api);
+    ok(stats_of(&api))
+}
+
+/// The counters `/api/v1/stats` answers with (also written into sysdumps).
+pub(super) fn stats_of(api: &Api) -> Stats {
+    let (participants, replicas) = replica_census(api);
     let m = &api.hub.metrics;
-    ok(Stats {
+    Stats {
         participants_connected: participants,
         packets_relayed: m.packets.load(Relaxed),
         bytes_relayed: m.bytes.load(Relaxed),
@@ -94,7 +105,7 @@ async fn stats(State(api): State<Arc<Api>>) -> Reply<Stats> {
                 count,
             })
             .collect(),
-    })
+    }
 }
 
 /// The probes, with their documentation.

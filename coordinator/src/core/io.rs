@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use ipnet::Ipv4Net;
 use meshgate_proto::{CoordMsg, Id, Kind, LanInfo, RefuseCode, RouteTable, Timings};
 
+use crate::election::quorum::{ClusterEvent, ClusterOp};
 use crate::election::{self, Permit};
 
 /// A connection of a registered participant (the driver picks unique ids).
@@ -24,6 +25,9 @@ pub struct Config {
     /// The longest lease an earlier run may have granted: no promotion before this long
     /// after start (see the module docs).
     pub restart_hold: Duration,
+    /// `Some(name)`: a member of a coordinator cluster on a shared store, electing with
+    /// the others ([`crate::election::quorum`]); `None`: a lone coordinator.
+    pub member: Option<String>,
 }
 
 impl Config {
@@ -90,8 +94,10 @@ pub enum Input {
     Routes(Arc<RouteTable>),
     /// A node or device was deleted.
     Deleted(Id),
-    /// What this coordinator may grant from now on.
+    /// What this coordinator may grant from now on (lone coordinator).
     Permit(Permit),
+    /// What the shared store said (cluster member).
+    Cluster(ClusterEvent),
 }
 
 /// An election event worth keeping (event log, metrics, logs).
@@ -137,4 +143,7 @@ pub enum Output {
     Routes(Arc<RouteTable>),
     /// Record an election event.
     Event(NodeEvent),
+    /// Run this transaction on the shared store, then feed back
+    /// [`ClusterEvent::Done`] (cluster member).
+    Store(ClusterOp),
 }

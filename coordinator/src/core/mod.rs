@@ -27,14 +27,20 @@
 //!    seen, even if a write was lost.
 //! 3. **Granting is a permit, not a given** ([`Permit`]). Renewing a lease and promoting
 //!    a replica are allowed by the driver: the lone coordinator always allows both (after
-//!    the hold); a cluster member will renew only while its shared-store session lives
-//!    (until a deadline it can prove), and only the elected decider will promote — after
-//!    the hold that covers the previous decider's longest lease.
+//!    the hold).
+//!
+//! A member of a coordinator cluster (`Config::member`) elects through the shared store
+//! instead ([`crate::election::quorum`], with its own safety argument): it grants the
+//! active the store records while its store session provably lives, writes a lapse
+//! mark when it stops, and only the decider promotes, in one transaction that needs
+//! every live member's mark. Those transactions leave as [`Output::Store`]; what the
+//! store says comes back as [`Input::Cluster`].
 //!
 //! Messages to one session leave in the order the core produced them. Heartbeats are
 //! rate-limited per session ([`limits`]), so a misbehaving participant cannot hold the
 //! state lock the way a fleet does.
 
+mod cluster;
 mod gate;
 mod io;
 pub mod limits;
@@ -47,6 +53,8 @@ use std::time::{Duration, Instant};
 
 use meshgate_proto::{CoordMsg, Id, Kind, RefuseCode, RouteTable, Timings, Welcome};
 
+use crate::election::quorum::Quorum;
+use crate::election::shared::Shared;
 use crate::election::{self, Election, Permit};
 use gate::Gate;
 pub use io::{Config, Input, NodeEvent, Output, Registration, SessionId};
@@ -59,6 +67,10 @@ pub struct Core {
     cfg: Config,
     sessions: HashMap<SessionId, Session>,
     elections: HashMap<Id, Election>,
+    /// A cluster member's standing (`None`: a lone coordinator).
+    quorum: Option<Quorum>,
+    /// A cluster member's elections (instead of `elections`).
+    shared: HashMap<Id, Shared>,
     gate: Gate,
     routes: Arc<RouteTable>,
     permit: Permit,
@@ -74,10 +86,16 @@ impl Core {
     /// A core started at `now`, with nobody connected.
     pub fn new(cfg: Config, now: Instant) -> Self {
         let hold_until = now + cfg.restart_hold;
+        let quorum = cfg
+            .member
+            .clone()
+            .map(|me| Quorum::new(me, now, cfg.restart_hold));
         Self {
             cfg,
             sessions: HashMap::new(),
             elections: HashMap::new(),
+            quorum,
+            shared: HashMap::new(),
             gate: Gate::default(),
             routes: Arc::default(),
             permit: Permit::default(),
@@ -153,6 +171,7 @@ impl Core {
                 }
             }
             Input::Deleted(id) => self.deleted(now, id, &mut out, &mut persist, &mut relay),
+            Input::Cluster(ev) => self.cluster(now, ev, &mut out, &mut persist, &mut relay),
             Input::Permit(p) => {
                 self.permit = p;
                 let p = self.election_permit();
@@ -246,6 +265,9 @@ impl Core {
             });
             return;
         }
+        if self.quorum.is_some() {
+            return self.register_shared(now, r, welcome, out, persist, relay);
+        }
         self.gate.known(r.id, r.stored_epoch);
         let cfg = election::Config {
             lease: self.cfg.lease(),
@@ -316,6 +338,15 @@ impl Core {
             });
         }
         self.relay_stale = true;
+        if self.quorum.is_some() {
+            let ev = election::Event::Disconnected { conn: session };
+            *relay |= self.shared_event(now, s.id, ev, out, persist);
+            if why.is_none() {
+                let epoch = self.shared.get(&s.id).map_or(0, Shared::epoch);
+                self.record(out, s.id, "disconnected", &s.replica_id, epoch, None);
+            }
+            return;
+        }
         let Some(el) = self.elections.get_mut(&s.id) else {
             return;
         };
@@ -340,6 +371,14 @@ impl Core {
             return;
         };
         let (node, replica) = (s.id, s.replica_id.clone());
+        if self.quorum.is_some() {
+            if matches!(event, election::Event::HandoverRequested { .. }) {
+                let epoch = self.shared.get(&node).map_or(0, Shared::epoch);
+                self.record(out, node, "handover_requested", &replica, epoch, None);
+            }
+            *relay |= self.shared_event(now, node, event, out, persist);
+            return;
+        }
         let Some(el) = self.elections.get_mut(&node) else {
             return;
         };
@@ -375,6 +414,7 @@ impl Core {
                 *relay = true;
             }
         }
+        *relay |= self.tick_shared(now, out, persist);
         *relay |= self.relay_stale;
     }
 
@@ -398,6 +438,7 @@ impl Core {
             self.end_session(now, c, why, out, persist, relay);
         }
         self.elections.remove(&id);
+        self.shared.remove(&id);
         self.gate.forget(id);
         *relay = true;
     }
@@ -431,6 +472,7 @@ impl Core {
                     tracing::info!(%node, replica, epoch, after_expiry_ms, "promoted");
                     self.record(out, node, "promoted", &replica, epoch, after_expiry);
                 }
+                Action::Store(op) => out.push(Output::Store(op)),
                 Action::LeaseExpired { conn, epoch } => {
                     changed = true;
                     let replica = self.replica_name(conn);

@@ -13,6 +13,7 @@ fn core(t0: Instant, hold: Duration) -> Core {
         overlap: Duration::from_millis(150),
         mesh: "100.96.0.0/12".parse().expect("valid CIDR"),
         restart_hold: hold,
+        member: None,
     };
     Core::new(cfg, t0)
 }

@@ -8,7 +8,60 @@ use std::time::{Instant, SystemTime};
 use meshgate_proto::{Id, Kind, Role, RouteTable};
 
 use super::{Core, SessionId};
+use crate::election::Election;
+use crate::election::shared::Shared;
 use crate::relay::Sender;
+
+/// One node's election as the views need it: a lone coordinator's or a member's.
+#[derive(Clone, Copy)]
+enum NodeRef<'a> {
+    Local(&'a Election),
+    Shared(&'a Shared),
+}
+
+impl NodeRef<'_> {
+    fn forwarder(self, now: Instant) -> Option<SessionId> {
+        match self {
+            Self::Local(e) => e.forwarder(now),
+            Self::Shared(s) => s.active(),
+        }
+    }
+
+    fn may_send(self, conn: SessionId, now: Instant) -> bool {
+        match self {
+            Self::Local(e) => e.may_send(conn, now),
+            Self::Shared(s) => s.active() == Some(conn),
+        }
+    }
+
+    fn active(self, now: Instant) -> Option<SessionId> {
+        match self {
+            Self::Local(e) => e.active(now),
+            Self::Shared(s) => s.active(),
+        }
+    }
+
+    fn draining(self) -> Option<SessionId> {
+        match self {
+            Self::Local(e) => e.draining(),
+            Self::Shared(_) => None,
+        }
+    }
+
+    fn epoch(self) -> u64 {
+        match self {
+            Self::Local(e) => e.epoch(),
+            Self::Shared(s) => s.epoch(),
+        }
+    }
+
+    fn replicas(self) -> Vec<(SessionId, Role)> {
+        match self {
+            Self::Local(e) => e.replicas().collect(),
+            Self::Shared(s) => s.replicas().collect(),
+        }
+    }
+}
 
 /// What the relay table is built from.
 pub struct RelayView {
@@ -51,23 +104,31 @@ fn role_name(r: Role) -> &'static str {
 }
 
 impl Core {
+    fn nodes(&self) -> impl Iterator<Item = (Id, NodeRef<'_>)> {
+        let local = self.elections.iter().map(|(n, e)| (*n, NodeRef::Local(e)));
+        local.chain(self.shared.iter().map(|(n, s)| (*n, NodeRef::Shared(s))))
+    }
+
+    fn node(&self, id: Id) -> Option<NodeRef<'_>> {
+        match self.elections.get(&id) {
+            Some(e) => Some(NodeRef::Local(e)),
+            None => self.shared.get(&id).map(NodeRef::Shared),
+        }
+    }
+
     /// The relay's inputs at `now`. Traffic for a node's routes goes to its active from
     /// the moment of promotion; a draining replica may still send until it is fenced.
     pub fn relay_view(&self, now: Instant) -> RelayView {
         let active = self
-            .elections
-            .iter()
-            .filter_map(|(n, e)| e.forwarder(now).map(|c| (*n, c)))
+            .nodes()
+            .filter_map(|(n, e)| e.forwarder(now).map(|c| (n, c)))
             .collect();
         let senders = self
             .sessions
             .iter()
             .map(|(c, s)| {
                 let node = (s.kind == Kind::Node).then(|| {
-                    let may_send = self
-                        .elections
-                        .get(&s.id)
-                        .is_some_and(|e| e.may_send(*c, now));
+                    let may_send = self.node(s.id).is_some_and(|e| e.may_send(*c, now));
                     (s.id, may_send)
                 });
                 let sender = Sender {
@@ -86,11 +147,12 @@ impl Core {
 
     /// Connected replicas of a node, oldest first; `colo` names this coordinator.
     pub fn connections(&self, node: Id, now: Instant, colo: &str) -> Vec<ReplicaView> {
-        let Some(el) = self.elections.get(&node) else {
+        let Some(el) = self.node(node) else {
             return Vec::new();
         };
         let mut out: Vec<(SystemTime, ReplicaView)> = el
             .replicas()
+            .into_iter()
             .filter_map(|(c, role)| {
                 let s = self.sessions.get(&c)?;
                 let active = el.active(now) == Some(c);
@@ -126,17 +188,18 @@ impl Core {
     /// Number of connected participants, and replicas per (node, ha_status).
     pub fn census(&self, now: Instant) -> (usize, Vec<(Id, &'static str, usize)>) {
         let mut per = Vec::new();
-        for (node, el) in &self.elections {
+        for (node, el) in self.nodes() {
             let n = el
                 .replicas()
+                .into_iter()
                 .filter(|(c, _)| self.sessions.contains_key(c))
                 .count();
             let active = usize::from(
                 el.active(now)
                     .is_some_and(|c| self.sessions.contains_key(&c)),
             );
-            per.push((*node, "active", active));
-            per.push((*node, "passive", n - active));
+            per.push((node, "active", active));
+            per.push((node, "passive", n - active));
         }
         (self.sessions.len(), per)
     }

@@ -96,6 +96,8 @@ pub enum Action {
         /// Epoch.
         epoch: u64,
     },
+    /// A cluster member's store transaction (see [`super::quorum`]).
+    Store(super::quorum::ClusterOp),
 }
 
 /// Election timings.

@@ -9,6 +9,7 @@ pub mod book;
 pub mod compile;
 pub mod counters;
 pub mod eval;
+mod input;
 pub mod model;
 pub mod push;
 pub mod world;

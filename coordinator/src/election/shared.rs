@@ -57,6 +57,9 @@ pub struct Shared {
     /// Marks of `epoch` in the store: member → lease.
     marks: BTreeMap<String, u64>,
     proposing: bool,
+    /// This member's last grant's end when it proposed (the promotion's `after_expiry`
+    /// counts from it, even when the store's watch reports the new record first).
+    proposed_after: Option<Instant>,
     /// The active's connection that asked to hand over: lapse without waiting (a new
     /// connection of a restarted replica has not asked).
     handover: Option<ConnId>,
@@ -78,6 +81,7 @@ impl Shared {
             retry_at: None,
             marks: BTreeMap::new(),
             proposing: false,
+            proposed_after: None,
             handover: None,
             floor: 0,
         }
@@ -237,6 +241,14 @@ impl Shared {
                 });
             }
         }
+        if self.mark == Mark::Written
+            && q.lease().is_some_and(|l| self.marks.get(&q.me) != Some(&l))
+        {
+            // Written under an earlier registration of this member (it re-registered with
+            // a new lease since): the decider counts only a mark that carries the live
+            // lease, so write it again. Not granting already; nothing else changes.
+            self.mark = Mark::Stopped;
+        }
         if self.mark == Mark::Stopped && expired && q.may_mark(now) && self.retry_due(now) {
             let (Some(active), Some(lease)) = (self.active.clone(), q.lease()) else {
                 return;
@@ -276,6 +288,7 @@ impl Shared {
             return;
         };
         self.proposing = true;
+        self.proposed_after = self.expiry;
         out.push(Action::Store(ClusterOp::Promote {
             node: self.node,
             from,
@@ -399,10 +412,15 @@ impl Shared {
                     }
                 }
             }
-            ClusterOp::Promote { from, to, .. } if self.proposing => {
+            // The watch may report the committed record before the answer does (the
+            // record was then adopted, which ended `proposing`): still this member's own
+            // promotion, to report.
+            ClusterOp::Promote { from, to, .. }
+                if self.proposing || (ok == Some(true) && to.0 == self.epoch) =>
+            {
                 self.proposing = false;
                 if ok == Some(true) {
-                    let lapsed = self.expiry;
+                    let lapsed = self.proposed_after;
                     if to.0 > self.epoch {
                         self.adopt(now, q, to.0, to.1, &mut out);
                     }

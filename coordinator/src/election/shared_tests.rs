@@ -161,3 +161,64 @@ fn a_restarted_member_marks_only_after_its_hold() {
     assert!(ops(&s.handle(t + ms(500), &q, Event::Tick)).is_empty());
     assert_eq!(ops(&s.handle(t + ms(1000), &q, Event::Tick)).len(), 1);
 }
+
+#[test]
+fn a_mark_of_an_earlier_registration_is_written_again_under_the_new_lease() {
+    let t = Instant::now();
+    let mut q = member(t, "c1", &[("c1", 11), ("c2", 12)], false);
+    let mut s = node(t, &q);
+    let late = t + ms(400);
+    let lapse = ops(&s.handle(late, &q, Event::Tick)).remove(0);
+    assert!(ops(&s.done(late, &q, lapse, Some(true))).is_empty());
+    // The member lost its registration and registered again: the decider now waits for
+    // a mark carrying lease 21.
+    q.apply(&ClusterEvent::Lost);
+    q.apply(&ClusterEvent::Registered {
+        lease: 21,
+        revision: 8,
+        sent_at: late,
+    });
+    q.apply(&ClusterEvent::Caught { revision: 8 });
+    let a = s.handle(late + ms(10), &q, Event::Tick);
+    let again = ClusterOp::Lapse {
+        node: NODE,
+        epoch: 3,
+        active: "a".into(),
+        lease: 21,
+    };
+    assert_eq!(ops(&a), vec![again.clone()]);
+    assert!(grants(&a).is_empty());
+    s.done(late + ms(20), &q, again, Some(true));
+    assert!(
+        ops(&s.handle(late + ms(30), &q, Event::Tick)).is_empty(),
+        "written once under the live lease"
+    );
+}
+
+#[test]
+fn a_promotion_is_reported_when_the_watch_shows_it_before_the_answer() {
+    let t = Instant::now();
+    let q = member(t, "c1", &[("c1", 11)], true);
+    let mut s = node(t, &q);
+    let late = t + ms(400);
+    let lapse = ops(&s.handle(late, &q, Event::Heartbeat { conn: 2, seq: 9 })).remove(0);
+    let promote = ops(&s.done(late, &q, lapse, Some(true))).remove(0);
+    let a = s.elected(late + ms(2), &q, 4, "b".into());
+    assert_eq!(grants(&a), vec![(2, 4, LEASE)]);
+    let a = s.done(late + ms(3), &q, promote, Some(true));
+    let promoted: Vec<_> = a
+        .iter()
+        .filter(|x| {
+            matches!(
+                x,
+                Action::Promoted {
+                    conn: 2,
+                    epoch: 4,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(promoted.len(), 1, "{a:?}");
+    assert!(grants(&a).is_empty(), "adopted once");
+}

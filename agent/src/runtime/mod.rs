@@ -181,6 +181,7 @@ impl Agent {
         let mut pick = tokio::time::interval(pick_every(self.heartbeat));
         pick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut filter_report = tokio::time::interval(FILTER_REPORT_EVERY);
+        let mut path_check = tokio::time::interval(PATH_MTU_CHECK_EVERY);
         loop {
             let deadline = self
                 .core
@@ -223,6 +224,7 @@ impl Agent {
                     break;
                 }
                 _ = sleep_until_opt(drain_poll) => {}
+                _ = path_check.tick() => self.follow_path_mtu(plumbing)?,
                 _ = filter_report.tick() => if let Some(c) = self.policy.report() {
                     for conn in self.conns.values() {
                         conn.control.report_filter_counters(c.clone());
@@ -318,6 +320,11 @@ impl Agent {
         }
     }
 }
+
+/// How often the tunnel MTU is compared with the paths' datagram size, which path MTU
+/// discovery raises within the first few hundred milliseconds of a connection (and black
+/// hole detection may lower).
+const PATH_MTU_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the policy filter's counters go to the coordinator.
 const FILTER_REPORT_EVERY: Duration = Duration::from_secs(3);

@@ -2,6 +2,12 @@
 //! connection), and back from every coordinator connection, one task each, so no
 //! direction waits on another. Counters are atomics read by `status`.
 //!
+//! Both directions move batches: a TUN read yields the MTU-sized packets of a whole
+//! super-packet, all queued on the connection before its driver runs, so quinn sends them
+//! with one GSO `sendmsg`; the other way, the datagrams that have already arrived when the
+//! first is taken are written together, coalesced per flow ([`crate::tun`]). No batch
+//! ever waits for a packet that has not arrived.
+//!
 //! On a node replica a [`Gate`] stops the pump from forwarding between the mesh and the
 //! LAN once its lease has run out. That matters after a freeze (SIGSTOP, a stalled VM):
 //! datagrams the coordinator sent while this replica was still active wait in the socket
@@ -19,16 +25,14 @@ use std::{
     time::Instant,
 };
 
+use bytes::Bytes;
+use futures_util::FutureExt as _;
 use meshgate_proto::datagram::ipv4_src_dst;
-
 use tokio::task::JoinHandle;
 use tracing::debug;
 
 use super::uplink::{SendError, Uplink};
-use crate::tun::Tun;
-
-/// Largest packet the TUN hands us (its MTU is never above this).
-const BUF: usize = 65_536;
+use crate::tun::{ReadError, Tun, TunReader, TunWriter};
 
 /// Packet counters of the pump.
 #[derive(Debug, Default)]
@@ -43,6 +47,8 @@ pub struct PumpCounters {
     pub send_failed: AtomicU64,
     /// Writes to the TUN that failed.
     pub tun_write_failed: AtomicU64,
+    /// TUN reads that did not split into packets (a malformed super-packet).
+    pub tun_read_invalid: AtomicU64,
     /// Packets held back because this replica's lease had run out (see [`Gate`]).
     pub fenced: AtomicU64,
 }
@@ -54,6 +60,7 @@ impl PumpCounters {
             ("too_big", &self.too_big),
             ("send_failed", &self.send_failed),
             ("tun_write_failed", &self.tun_write_failed),
+            ("tun_read_invalid", &self.tun_read_invalid),
             ("fenced", &self.fenced),
         ]
         .into_iter()
@@ -100,7 +107,8 @@ fn allows(gate: &Option<Gate>, packet: &[u8]) -> bool {
 }
 
 /// Starts moving packets from `tun` to the mesh through `uplink` (whichever coordinator
-/// connection is the primary), for as long as the agent runs.
+/// connection is the primary), a read (one packet, or one super-packet's packets) at a
+/// time, for as long as the agent runs.
 pub fn outbound(
     tun: Arc<Tun>,
     uplink: Uplink,
@@ -108,33 +116,42 @@ pub fn outbound(
     gate: Option<Gate>,
 ) -> Pump {
     let task = tokio::spawn(async move {
-        let mut buf = vec![0u8; BUF];
+        let mut reader = TunReader::default();
+        let mut packets: Vec<Bytes> = Vec::with_capacity(TunWriter::BATCH);
         loop {
-            let n = match tun.recv(&mut buf).await {
-                Ok(n) => n,
-                Err(e) => {
+            match reader.read(&tun, &mut packets).await {
+                Ok(()) => {}
+                Err(ReadError::Packet(e)) => {
+                    debug!(error = %e, "dropped a TUN read that does not split into packets");
+                    counters.tun_read_invalid.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(ReadError::Device(e)) => {
                     debug!(error = %e, "TUN read failed; stopping the outbound pump");
                     return;
                 }
-            };
-            if !allows(&gate, &buf[..n]) {
-                counters.fenced.fetch_add(1, Ordering::Relaxed);
-                continue;
             }
-            match uplink.send_datagram(bytes::Bytes::copy_from_slice(&buf[..n])) {
-                Ok(()) => counters.tun_to_mesh.fetch_add(1, Ordering::Relaxed),
-                Err(SendError::TooLarge) => counters.too_big.fetch_add(1, Ordering::Relaxed),
-                Err(SendError::NoConnection | SendError::Failed) => {
-                    counters.send_failed.fetch_add(1, Ordering::Relaxed)
+            for packet in packets.drain(..) {
+                if !allows(&gate, &packet) {
+                    counters.fenced.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
-            };
+                match uplink.send_datagram(packet) {
+                    Ok(()) => counters.tun_to_mesh.fetch_add(1, Ordering::Relaxed),
+                    Err(SendError::TooLarge) => counters.too_big.fetch_add(1, Ordering::Relaxed),
+                    Err(SendError::NoConnection | SendError::Failed) => {
+                        counters.send_failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
         }
     });
     Pump { task }
 }
 
 /// Starts writing what arrives on one coordinator connection to `tun`, until that
-/// connection closes: any coordinator may relay to this agent.
+/// connection closes (any coordinator may relay to this agent): waits for one datagram,
+/// takes every other one already there (up to a batch), and writes them coalesced.
 pub fn inbound(
     tun: Arc<Tun>,
     conn: quinn::Connection,
@@ -142,13 +159,35 @@ pub fn inbound(
     gate: Option<Gate>,
 ) -> Pump {
     let task = tokio::spawn(async move {
-        while let Ok(packet) = conn.read_datagram().await {
-            if !allows(&gate, &packet) {
+        let mut writer = TunWriter::default();
+        let admit = |writer: &mut TunWriter, packet: &[u8]| {
+            if allows(&gate, packet) {
+                writer.push(packet);
+            } else {
                 counters.fenced.fetch_add(1, Ordering::Relaxed);
-                continue;
             }
-            match tun.send(&packet).await {
-                Ok(_) => counters.mesh_to_tun.fetch_add(1, Ordering::Relaxed),
+        };
+        let mut open = true;
+        while open {
+            let Ok(first) = conn.read_datagram().await else {
+                return;
+            };
+            admit(&mut writer, &first);
+            while writer.len() < TunWriter::BATCH {
+                // A datagram already received is ready at the first poll; dropping the
+                // future when it is not loses nothing.
+                match conn.read_datagram().now_or_never() {
+                    Some(Ok(packet)) => admit(&mut writer, &packet),
+                    Some(Err(_)) => {
+                        open = false;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let n = writer.len() as u64;
+            match writer.flush(&tun).await {
+                Ok(_) => counters.mesh_to_tun.fetch_add(n, Ordering::Relaxed),
                 Err(_) => counters.tun_write_failed.fetch_add(1, Ordering::Relaxed),
             };
         }

@@ -223,6 +223,30 @@ impl Agent {
         }
     }
 
+    /// Keeps the tunnel MTU at what the smallest live path carries in one datagram: any
+    /// connection may become the one outbound traffic takes.
+    pub(super) fn follow_path_mtu(&mut self, plumbing: &mut Plumbing) -> anyhow::Result<()> {
+        let Some(now) = self
+            .conns
+            .values()
+            .map(|c| super::plumbing::tunnel_mtu(c.conn.max_datagram_size()))
+            .min()
+        else {
+            return Ok(());
+        };
+        let was = lock(&self.report).tun_mtu;
+        if now != was {
+            info!(
+                from = was,
+                to = now,
+                "the paths' datagram size changed: new tunnel MTU"
+            );
+            plumbing.set_tunnel_mtu(now)?;
+            lock(&self.report).tun_mtu = now;
+        }
+        Ok(())
+    }
+
     /// Puts the connections into the status report.
     fn publish(&self) {
         let mut r = lock(&self.report);

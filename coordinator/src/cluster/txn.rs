@@ -114,3 +114,7 @@ pub async fn run(client: Client, root: &str, me: &str, op: &ClusterOp) -> Option
         }
     }
 }
+
+#[cfg(test)]
+#[path = "txn_tests.rs"]
+mod tests;

@@ -14,7 +14,7 @@
 mod conn;
 pub mod cursor;
 #[cfg(test)]
-mod live_tests;
+pub(crate) mod live_tests;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::*;
 
 /// One etcd member on 127.0.0.1, killed on drop.
-struct TestEtcd {
+pub(crate) struct TestEtcd {
     child: Option<Child>,
     dir: tempfile::TempDir,
     client_port: u16,
@@ -23,7 +23,7 @@ fn free_port() -> u16 {
 }
 
 impl TestEtcd {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let mut e = Self {
             child: None,
             dir: tempfile::tempdir().expect("temp dir"),
@@ -34,7 +34,7 @@ impl TestEtcd {
         e
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
@@ -79,7 +79,7 @@ impl TestEtcd {
         }
     }
 
-    fn store(&self, root: &str) -> EtcdStore {
+    pub(crate) fn store(&self, root: &str) -> EtcdStore {
         let etcd = Etcd::connect(&[self.url()]).expect("a well-formed endpoint");
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {

@@ -11,6 +11,7 @@ pub mod link_watch;
 pub mod mss;
 pub mod netlink;
 pub mod policy;
+pub mod policy_render;
 pub mod policy_task;
 pub mod runtime;
 pub mod state_dir;

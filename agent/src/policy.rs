@@ -23,7 +23,11 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
-use meshgate_proto::{Filter, FilterCounters, FilterRule, Id};
+
+pub use crate::policy_render::{
+    Rendered, counter_name, matches, merge_ports, parse_sets, render, render_remove,
+};
+use meshgate_proto::{Filter, FilterCounters, Id};
 use serde::{Deserialize, Serialize};
 
 /// The nftables table the policy filter owns (the MSS clamp has its own).
@@ -62,144 +66,6 @@ impl Assembly {
         whole.chunks = 1;
         Some(whole)
     }
-}
-
-fn merge_ports(ports: &[(u16, u16)]) -> Vec<(u16, u16)> {
-    let mut v = ports.to_vec();
-    v.sort();
-    let mut out: Vec<(u16, u16)> = Vec::new();
-    for (a, b) in v {
-        match out.last_mut() {
-            Some(last) if u32::from(a) <= u32::from(last.1) + 1 => last.1 = last.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
-}
-
-fn set<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
-    let items: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
-    format!("{{ {} }}", items.join(", "))
-}
-
-fn proto_name(n: u8) -> String {
-    match n {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        other => other.to_string(),
-    }
-}
-
-/// One rule's matches, in nft syntax.
-fn matches(r: &FilterRule) -> String {
-    let mut m = String::new();
-    if !r.sources.iter().any(|n| n.prefix_len() == 0) {
-        let _ = write!(m, "ip saddr {} ", set(&r.sources));
-    }
-    if !r.destinations.iter().any(|n| n.prefix_len() == 0) {
-        let _ = write!(m, "ip daddr {} ", set(&r.destinations));
-    }
-    if !r.protocols.is_empty() {
-        let _ = write!(
-            m,
-            "meta l4proto {} ",
-            set(r.protocols.iter().map(|p| proto_name(*p)))
-        );
-    }
-    if !r.ports.is_empty() {
-        let ports = merge_ports(&r.ports).into_iter().map(|(a, b)| {
-            if a == b {
-                a.to_string()
-            } else {
-                format!("{a}-{b}")
-            }
-        });
-        let _ = write!(m, "th dport {} ", set(ports));
-    }
-    m
-}
-
-/// The name of a policy's counter object: `p_` and the id's 32 hex digits.
-pub fn counter_name(policy: &Id) -> String {
-    let hex: String = policy.0.iter().map(|b| format!("{b:02x}")).collect();
-    format!("p_{hex}")
-}
-
-/// The counter of the default verdict.
-fn default_counter(allow: bool) -> &'static str {
-    if allow {
-        "default_allow"
-    } else {
-        "default_drop"
-    }
-}
-
-/// The whole nft script that puts `f` in force under `generation` (nonzero), replacing
-/// the chains' rules in one transaction. Counters are named objects that outlive the
-/// replacement, so nothing has to be read before it; `stale` are counters of policies
-/// the filter no longer has, deleted in the same transaction. `None` when the filter
-/// enforces nothing (no rules, default allow): the table goes ([`render_remove`]).
-pub fn render(tun: &str, f: &Filter, generation: u32, stale: &[String]) -> Option<String> {
-    if f.rules.is_empty() && f.default_allow {
-        return None;
-    }
-    let t = format!("ip {TABLE}");
-    let mut s = format!("add table {t}\n");
-    for hook in ["input", "forward"] {
-        let _ = writeln!(
-            s,
-            "add chain {t} {hook} {{ type filter hook {hook} priority filter; policy accept; }}"
-        );
-    }
-    let _ = writeln!(s, "add chain {t} from_mesh");
-    for chain in ["input", "forward", "from_mesh"] {
-        let _ = writeln!(s, "flush chain {t} {chain}");
-    }
-    let mut counters: Vec<String> = f.rules.iter().map(|r| counter_name(&r.policy)).collect();
-    counters.extend(["default_allow".into(), "default_drop".into()]);
-    counters.sort();
-    counters.dedup();
-    for c in &counters {
-        let _ = writeln!(s, "add counter {t} {c}");
-    }
-    for c in stale.iter().filter(|c| !counters.contains(c)) {
-        let _ = writeln!(s, "delete counter {t} {c}");
-    }
-    for hook in ["input", "forward"] {
-        let _ = writeln!(s, "add rule {t} {hook} iifname \"{tun}\" jump from_mesh");
-    }
-    let rule = |s: &mut String, r: &str| {
-        let _ = writeln!(s, "add rule {t} from_mesh {r}");
-    };
-    rule(&mut s, "ct direction reply accept");
-    rule(&mut s, "ct state related accept");
-    rule(
-        &mut s,
-        &format!("ct state established ct mark {generation:#x} accept"),
-    );
-    let allow = format!("ct mark set {generation:#x} accept");
-    for r in &f.rules {
-        let verdict = if r.allow { allow.as_str() } else { "drop" };
-        let c = counter_name(&r.policy);
-        rule(
-            &mut s,
-            &format!("{}counter name \"{c}\" {verdict}", matches(r)),
-        );
-    }
-    let default = if f.default_allow {
-        allow.as_str()
-    } else {
-        "drop"
-    };
-    let c = default_counter(f.default_allow);
-    rule(&mut s, &format!("counter name \"{c}\" {default}"));
-    Some(s)
-}
-
-/// The script that removes the table (nothing to do if it is not there).
-pub fn render_remove() -> String {
-    format!("add table ip {TABLE}\ndelete table ip {TABLE}\n")
 }
 
 /// Packet counts by counter name, from `nft -j list counters table ip meshgate_policy`

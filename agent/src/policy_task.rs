@@ -85,6 +85,13 @@ async fn read(totals: &mut Totals) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The sets of a table a previous run left (none if it cannot be read: the first filter
+/// then leaves them unused, and the table's removal takes them).
+async fn read_sets() -> Vec<String> {
+    let out = nft(&["-j", "list", "sets", "table", "ip", policy::TABLE], None).await;
+    out.and_then(|o| policy::parse_sets(&o)).unwrap_or_default()
+}
+
 async fn run(tun: String, mut rx: mpsc::UnboundedReceiver<Filter>, shared: Arc<Mutex<Shared>>) {
     let mut assembly = Assembly::default();
     let mut totals = Totals::default();
@@ -92,6 +99,12 @@ async fn run(tun: String, mut rx: mpsc::UnboundedReceiver<Filter>, shared: Arc<M
     // A table left by a previous run: learn its counters, so the first filter of this
     // run deletes the ones it does not use.
     let mut installed = read(&mut totals).await.is_ok();
+    // Its sets too, so the first filter deletes the ones it does not use.
+    let mut sets = if installed {
+        read_sets().await
+    } else {
+        Vec::new()
+    };
     // Random start: conntrack entries outlive an agent restart, and a mark from a
     // previous run must not pass for the current generation.
     let mut generation: u32 = rand::random();
@@ -111,8 +124,8 @@ async fn run(tun: String, mut rx: mpsc::UnboundedReceiver<Filter>, shared: Arc<M
         }
         if let Some(f) = pending.take() {
             generation = generation.wrapping_add(1).max(1);
-            let script = policy::render(&tun, &f, generation, &totals.names());
-            let enforce = script.is_some();
+            let rendered = policy::render(&tun, &f, generation, &totals.names(), &sets);
+            let enforce = rendered.is_some();
             if installed && !enforce {
                 // The table and its counters go: keep what they counted.
                 let _ = read(&mut totals).await;
@@ -120,7 +133,11 @@ async fn run(tun: String, mut rx: mpsc::UnboundedReceiver<Filter>, shared: Arc<M
             let started = std::time::Instant::now();
             let result = nft(
                 &["-f", "-"],
-                Some(script.unwrap_or_else(policy::render_remove)),
+                Some(
+                    rendered
+                        .as_ref()
+                        .map_or_else(policy::render_remove, |r| r.script.clone()),
+                ),
             )
             .await;
             match result {
@@ -129,6 +146,7 @@ async fn run(tun: String, mut rx: mpsc::UnboundedReceiver<Filter>, shared: Arc<M
                         totals.observe(Default::default());
                     }
                     installed = enforce;
+                    sets = rendered.map(|r| r.sets).unwrap_or_default();
                     applied = Some(f.digest);
                     info!(digest = %format!("{:016x}", f.digest), rules = f.rules.len(), default_allow = f.default_allow, took_ms = started.elapsed().as_millis() as u64, "policy filter applied");
                     lock(&shared).status = Some(FilterStatus::of(

@@ -1,3 +1,5 @@
+use meshgate_proto::FilterRule;
+
 use super::*;
 
 fn rule(
@@ -45,7 +47,7 @@ fn renders_rules_in_order_after_the_state_checks() {
         false,
     );
     let stale = vec![counter_name(&Id([9; 16])), counter_name(&Id([1; 16]))];
-    let s = render("mg0", &f, 0x42, &stale).unwrap();
+    let s = render("mg0", &f, 0x42, &stale, &[]).unwrap().script;
     let lines: Vec<&str> = s.lines().collect();
     let at = |needle: &str| {
         lines
@@ -61,10 +63,10 @@ fn renders_rules_in_order_after_the_state_checks() {
         at("from_mesh ct direction reply accept") < at("ct state established ct mark 0x42 accept")
     );
     let block = at(&format!(
-        "from_mesh ip saddr {{ 100.96.0.5/32 }} ip daddr {{ 192.168.50.0/24 }} counter name \"{p1}\" drop"
+        "from_mesh ip saddr 100.96.0.5/32 ip daddr 192.168.50.0/24 counter name \"{p1}\" drop"
     ));
     let allow = at(&format!(
-        "from_mesh ip daddr {{ 192.168.50.0/24 }} meta l4proto {{ tcp, udp }} th dport {{ 20-30, 8000-8100 }} counter name \"{p2}\" ct mark set 0x42 accept"
+        "from_mesh ip daddr 192.168.50.0/24 meta l4proto @proto_0 th dport @port_1 counter name \"{p2}\" ct mark set 0x42 accept"
     ));
     assert!(at("ct state established") < block && block < allow);
     assert!(allow < at("from_mesh counter name \"default_drop\" drop"));
@@ -96,10 +98,11 @@ fn renders_rules_in_order_after_the_state_checks() {
 
 #[test]
 fn nothing_to_enforce_removes_the_table() {
-    assert_eq!(render("mg0", &filter(vec![], true), 1, &[]), None);
+    assert_eq!(render("mg0", &filter(vec![], true), 1, &[], &[]), None);
     assert!(
-        render("mg0", &filter(vec![], false), 1, &[])
+        render("mg0", &filter(vec![], false), 1, &[], &[])
             .unwrap()
+            .script
             .contains("counter name \"default_drop\" drop")
     );
     assert_eq!(
@@ -168,4 +171,79 @@ fn counters_parse_and_survive_a_recreation() {
     assert_eq!(r.policies, vec![(id, 5)]);
     assert_eq!((r.default_drops, r.default_allows), (2, 3));
     assert_eq!(counter_name(&id).len(), 34);
+}
+
+#[test]
+fn lists_become_named_sets_shared_by_every_rule_that_names_them() {
+    let own = ["100.96.0.2/31", "192.168.50.0/24"];
+    let f = filter(
+        (1..=50)
+            .map(|p| {
+                rule(
+                    p,
+                    false,
+                    &[&format!("10.200.{p}.0/24")],
+                    &own,
+                    &[6],
+                    &[(1000, 2000)],
+                )
+            })
+            .chain([rule(
+                60,
+                true,
+                &["10.1.0.0/16", "10.3.0.0/16"],
+                &own,
+                &[6, 17],
+                &[],
+            )])
+            .collect(),
+        true,
+    );
+    let old = vec![
+        "net_0".to_string(),
+        "net_7".to_string(),
+        "other".to_string(),
+    ];
+    let r = render("mg0", &f, 5, &[], &old).unwrap();
+    // One set for the shared destinations, one for the two sources, one for tcp+udp.
+    assert_eq!(r.sets.len(), 3, "{}", r.script);
+    let lines: Vec<&str> = r.script.lines().collect();
+    let adds = lines.iter().filter(|l| l.starts_with("add set")).count();
+    assert_eq!(adds, 3);
+    let dst = lines
+        .iter()
+        .find(|l| l.starts_with("add element") && l.contains("100.96.0.2/31, 192.168.50.0/24"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .expect("the destinations' set");
+    let uses = lines
+        .iter()
+        .filter(|l| l.contains(&format!("ip daddr @{dst} ")))
+        .count();
+    assert_eq!(uses, 51, "every rule matches the shared set");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("ip saddr 10.200.7.0/24 ") && !l.contains('{')),
+        "a single source is matched directly"
+    );
+    // Sets the table held that this filter does not use go, after the chains' flush;
+    // a set of someone else's is left alone.
+    let flush = lines
+        .iter()
+        .position(|l| l.starts_with("flush chain ip meshgate_policy from_mesh"));
+    let deleted: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("delete set"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(deleted.len(), 1, "{}", r.script);
+    assert!(lines[deleted[0]].ends_with(" net_7"));
+    assert!(flush < Some(deleted[0]));
+}
+
+#[test]
+fn sets_of_a_previous_table_parse() {
+    let json = r#"{"nftables":[{"metainfo":{}},{"set":{"family":"ip","name":"net_0","table":"meshgate_policy","type":"ipv4_addr"}},{"set":{"name":"port_3"}},{"set":{"name":"not_ours"}}]}"#;
+    assert_eq!(parse_sets(json).unwrap(), vec!["net_0", "port_3"]);
 }

@@ -44,10 +44,12 @@ pub fn endpoint(id: &Identity, listen: SocketAddr) -> Result<quinn::Endpoint> {
     {
         tracing::warn!(error = %e, "could not enlarge the QUIC socket buffers; bursts may drop");
     }
-    tracing::debug!(
+    tracing::info!(
         recv = state.recv_buffer_size((&socket).into()).ok(),
         send = state.send_buffer_size((&socket).into()).ok(),
-        "QUIC socket buffers"
+        gso_segments = state.max_gso_segments(),
+        gro_segments = state.gro_segments(),
+        "QUIC socket buffers and UDP offloads"
     );
     quinn::Endpoint::new(
         config,
@@ -81,6 +83,7 @@ pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig> {
         .datagram_receive_buffer_size(Some(1 << 20))
         .max_concurrent_uni_streams(0u32.into())
         .max_concurrent_bidi_streams(1u32.into());
+    meshgate_proto::socket::tunnel_transport(&mut transport);
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }

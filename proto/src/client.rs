@@ -362,6 +362,7 @@ pub fn client_config(fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, Clien
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(2)));
+    crate::socket::tunnel_transport(&mut transport);
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }

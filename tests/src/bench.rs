@@ -220,6 +220,19 @@ pub fn record(figure: &Figure) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `value` as the file `name` beside the figures (in `$MESHGATE_BENCH_OUT`'s
+/// directory), for the report's plots; does nothing outside `cargo xtask bench`.
+pub fn artifact(name: &str, value: &serde_json::Value) -> anyhow::Result<()> {
+    let Ok(out) = std::env::var(OUT_ENV) else {
+        return Ok(());
+    };
+    let dir = std::path::Path::new(&out)
+        .parent()
+        .context("the figures file has a directory")?;
+    let path = dir.join(name);
+    std::fs::write(&path, value.to_string()).with_context(|| format!("write {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

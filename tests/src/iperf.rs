@@ -13,6 +13,9 @@ pub const UDP_PAYLOAD: u32 = 1000;
 /// The loss below which a UDP rate counts as carried.
 pub const UDP_MAX_LOSS_PERCENT: f64 = 1.0;
 
+/// How often a client turned away by a server still busy with the previous test tries.
+const SERVER_BUSY_RETRIES: u32 = 10;
+
 /// A running `iperf3 -s`.
 pub struct Server {
     process: Process,
@@ -63,18 +66,32 @@ impl Server {
             "3000",
         ];
         all.extend_from_slice(args);
-        let out = client
-            .command(&iperf)
-            .args(&all)
-            .output()
-            .context("failed to run iperf3")?;
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
-            format!(
-                "iperf3 {} printed no JSON: {}",
-                all.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
+        let mut attempts = 0;
+        let json = loop {
+            let out = client
+                .command(&iperf)
+                .args(&all)
+                .output()
+                .context("failed to run iperf3")?;
+            let json: serde_json::Value =
+                serde_json::from_slice(&out.stdout).with_context(|| {
+                    format!(
+                        "iperf3 {} printed no JSON: {}",
+                        all.join(" "),
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                })?;
+            // The server finishes the previous test a moment after its client has: on a
+            // loaded machine the next client can arrive first and is turned away.
+            attempts += 1;
+            let busy = json["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("server is busy"));
+            if !busy || attempts == SERVER_BUSY_RETRIES {
+                break json;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        };
         if let Some(error) = json["error"].as_str() {
             bail!(
                 "iperf3 {} failed: {error} (server log: {})",

@@ -14,6 +14,7 @@
 pub mod arp;
 pub mod bench;
 pub mod blast;
+pub mod cpu;
 pub mod etcd;
 pub mod failover;
 pub mod failover_trials;
@@ -26,6 +27,7 @@ mod netns;
 pub mod probe;
 mod process;
 pub mod routed;
+pub mod timeline;
 pub mod tools;
 pub mod traffic;
 pub mod transfer;

@@ -81,6 +81,11 @@ impl Drop for Tunnel {
 }
 
 impl Tunnel {
+    /// The pids of the two ends' processes, `a` first.
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes.iter().map(Process::pid).collect()
+    }
+
     /// Starts `kind` in both namespaces and configures them as each other's peer.
     pub fn new(kind: Userspace, dir: &Path, a: &End<'_>, b: &End<'_>) -> anyhow::Result<Self> {
         let program = tools::require(kind.program())?;

@@ -11,7 +11,7 @@ use meshgate_tests::{
     failover::{FailoverRun, Fault},
     failover_trials::{TIMELY, Trials, ms, timely_outage},
     ha::Ha,
-    require_root,
+    require_root, timeline,
     vrrp::Vrrp,
 };
 
@@ -107,6 +107,16 @@ fn bench_failover_kill9() -> anyhow::Result<()> {
                 .target("<=", KILL_TARGET_MS)
         },
     )?;
+    // The trial with the median inbound outage, for the report's timeline plot.
+    let mut by_outage: Vec<(Duration, &FailoverRun)> = trials
+        .runs
+        .iter()
+        .map(|r| (timely_outage(&r.inbound, TIMELY), r))
+        .collect();
+    by_outage.sort_by_key(|(outage, _)| *outage);
+    if let Some((_, run)) = by_outage.get(by_outage.len() / 2) {
+        bench::artifact("failover-timeline.json", &timeline::failover(run))?;
+    }
     breakdown(&trials.runs)
 }
 

@@ -377,6 +377,20 @@ fn bulk(server: &Netns, client: &Netns, ip: &str, port: u16) -> anyhow::Result<u
     Ok(got.server_mss)
 }
 
+/// The tunnel MTU path MTU discovery settles at on these namespaces' 1500-byte links: the
+/// largest UDP payload of an Ethernet IPv4 path (1472) less what QUIC adds to a DATAGRAM
+/// frame (short header, packet number, frame header, AEAD tag).
+const SETTLED_TUN_MTU: u64 = 1434;
+
+/// Waits until the agent in `ns` (its `status`) runs its tunnel at [`SETTLED_TUN_MTU`].
+fn wait_settled_mtu(ns: &Netns, status: impl Fn() -> anyhow::Result<Value>) -> anyhow::Result<()> {
+    wait_until(
+        SETTLE,
+        &format!("{}'s tunnel MTU to reach {SETTLED_TUN_MTU}", ns.name()),
+        || Ok(status()?["tun_mtu"].as_u64() == Some(SETTLED_TUN_MTU)),
+    )
+}
+
 #[test]
 #[ignore = "needs root: network namespaces"]
 fn j_large_transfers_and_path_mtu_work_both_ways() -> anyhow::Result<()> {
@@ -387,7 +401,17 @@ fn j_large_transfers_and_path_mtu_work_both_ways() -> anyhow::Result<()> {
     let device_ip = ha.device_mesh_ip()?;
     ha.wait_ping(&ha.device, HOST_IP)?;
     ha.wait_ping(&ha.host, &device_ip)?;
-    let mtu = ha.status(0)?["tun_mtu"].as_u64().unwrap_or(0);
+    // The tunnel MTU (and the MSS clamp with it) follows path MTU discovery, which raises
+    // it shortly after a gateway connects: the clamp checked below is the settled one, on
+    // both gateways the LAN-to-LAN flows cross.
+    let site = ha.site()?;
+    let site_agent = site
+        .agent
+        .as_ref()
+        .context("the second node's agent runs")?;
+    wait_settled_mtu(&ha.replicas[0].ns, || ha.status(0))?;
+    wait_settled_mtu(&site.ns, || site_agent.status(&site.ns))?;
+    let mtu = SETTLED_TUN_MTU;
     assert!(
         (576..1500).contains(&mtu),
         "the tunnel MTU ({mtu}) is below the LAN's, or this test proves nothing"
@@ -398,7 +422,6 @@ fn j_large_transfers_and_path_mtu_work_both_ways() -> anyhow::Result<()> {
     bulk(&ha.device, &ha.host, &device_ip, 5501)?;
     // Between two LAN hosts both ends have a 1500-byte MTU: only the gateways' MSS clamp
     // keeps the segments small enough for the tunnels.
-    let site = ha.site()?;
     ha.wait_ping(&ha.host, SECOND_HOST_IP)?;
     for (server, client, ip, port) in [
         (&site.host, &ha.host, SECOND_HOST_IP, 5502),

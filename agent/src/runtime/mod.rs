@@ -205,7 +205,7 @@ impl Agent {
             name = %welcome.name, mesh_ip = %welcome.mesh_ip, role = ?welcome.role, epoch = welcome.epoch,
             "registered with the coordinator"
         );
-        let mtu = plumbing
+        let mut mtu = plumbing
             .configure_tun(
                 welcome.mesh_ip,
                 welcome.mesh_cidr,
@@ -236,6 +236,7 @@ impl Agent {
         self.feed_status(plumbing, &session, &first, welcome.id)
             .await?;
         let mut filter_report = tokio::time::interval(FILTER_REPORT_EVERY);
+        let mut path_check = tokio::time::interval(PATH_MTU_CHECK_EVERY);
         let outcome = loop {
             let deadline = self
                 .core
@@ -292,6 +293,15 @@ impl Agent {
                 _ = sleep_until_opt(drain_poll) => {}
                 _ = filter_report.tick() => if let Some(c) = self.policy.report() {
                     session.report_filter_counters(c);
+                },
+                _ = path_check.tick() => {
+                    let now = plumbing::tunnel_mtu(session.max_packet_size());
+                    if now != mtu {
+                        info!(from = mtu, to = now, "the path's datagram size changed: new tunnel MTU");
+                        plumbing.set_tunnel_mtu(now)?;
+                        mtu = now;
+                        lock(&self.report).tun_mtu = mtu;
+                    }
                 },
             }
             if self.core.draining()
@@ -426,6 +436,11 @@ impl Agent {
         }
     }
 }
+
+/// How often the tunnel MTU is compared with the path's datagram size, which path MTU
+/// discovery raises within the first few hundred milliseconds of a connection (and black
+/// hole detection may lower).
+const PATH_MTU_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the policy filter's counters go to the coordinator.
 const FILTER_REPORT_EVERY: Duration = Duration::from_secs(3);

@@ -181,11 +181,7 @@ impl Plumbing {
         mesh_cidr: Ipv4Net,
         max_datagram: Option<usize>,
     ) -> anyhow::Result<u32> {
-        // A datagram holds exactly one IP packet, so the MTU is what fits, never more.
-        let mtu = max_datagram.map_or(datagram::SAFE_TUN_MTU as u32, |m| {
-            m.min(datagram::MAX_PACKET) as u32
-        });
-        self.tun.set_mtu(mtu).context("failed to set the TUN MTU")?;
+        let mtu = tunnel_mtu(max_datagram);
         // The Mesh IP as a /32: the mesh range itself is routed by our tables, so the
         // address must not add a connected route to `main` that bypasses them.
         let address = IpNet::V4(Ipv4Net::new(mesh_ip, 32).expect("32 is a valid prefix length"));
@@ -201,13 +197,20 @@ impl Plumbing {
                 .context("failed to install the own-source rule")?;
         }
         let _ = mesh_cidr;
+        self.set_tunnel_mtu(mtu)?;
+        Ok(mtu)
+    }
+
+    /// Applies a tunnel MTU wherever it shows: the TUN (the kernel answers larger packets
+    /// with frag-needed), XDP, and the TCP MSS clamp, so all three always agree.
+    pub fn set_tunnel_mtu(&mut self, mtu: u32) -> anyhow::Result<()> {
+        self.tun.set_mtu(mtu).context("failed to set the TUN MTU")?;
         if let Some(dp) = &self.dataplane {
             lock(dp)
                 .set_tunnel(self.tun.index(), mtu)
                 .context("failed to tell XDP the tunnel MTU")?;
         }
-        mss::apply(self.tun.name(), mtu).context("failed to install the TCP MSS clamp")?;
-        Ok(mtu)
+        mss::apply(self.tun.name(), mtu).context("failed to install the TCP MSS clamp")
     }
 
     /// The node's own advertised prefixes, which XDP accepts as sources (anti-spoofing).
@@ -486,4 +489,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Microseconds since the Unix epoch.
 fn unix_us(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, micros)
+}
+
+/// The tunnel MTU for a path whose datagrams carry at most `max_datagram` bytes: a
+/// datagram holds exactly one IP packet, so what fits, never more than the relay takes.
+pub fn tunnel_mtu(max_datagram: Option<usize>) -> u32 {
+    max_datagram.map_or(u32::from(datagram::SAFE_TUN_MTU), |m| {
+        m.min(datagram::MAX_PACKET) as u32
+    })
 }

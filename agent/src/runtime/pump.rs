@@ -1,6 +1,12 @@
 //! The packet pump: TUN → QUIC datagrams and back, one task each way, so neither
 //! direction waits on the other. Counters are atomics read by `status`.
 //!
+//! Both directions move batches: a TUN read yields the MTU-sized packets of a whole
+//! super-packet, all queued on the connection before its driver runs, so quinn sends them
+//! with one GSO `sendmsg`; the other way, the datagrams that have already arrived when the
+//! first is taken are written together, coalesced per flow ([`crate::tun`]). No batch
+//! ever waits for a packet that has not arrived.
+//!
 //! On a node replica a [`Gate`] stops the pump from forwarding between the mesh and the
 //! LAN once its lease has run out. That matters after a freeze (SIGSTOP, a stalled VM):
 //! datagrams the coordinator sent while this replica was still active wait in the socket
@@ -18,15 +24,13 @@ use std::{
     time::Instant,
 };
 
+use bytes::Bytes;
+use futures_util::FutureExt as _;
 use meshgate_proto::datagram::ipv4_src_dst;
-
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use crate::tun::Tun;
-
-/// Largest packet the TUN hands us (its MTU is never above this).
-const BUF: usize = 65_536;
+use crate::tun::{ReadError, Tun, TunReader, TunWriter};
 
 /// Packet counters of the pump.
 #[derive(Debug, Default)]
@@ -41,6 +45,8 @@ pub struct PumpCounters {
     pub send_failed: AtomicU64,
     /// Writes to the TUN that failed.
     pub tun_write_failed: AtomicU64,
+    /// TUN reads that did not split into packets (a malformed super-packet).
+    pub tun_read_invalid: AtomicU64,
     /// Packets held back because this replica's lease had run out (see [`Gate`]).
     pub fenced: AtomicU64,
 }
@@ -52,6 +58,7 @@ impl PumpCounters {
             ("too_big", &self.too_big),
             ("send_failed", &self.send_failed),
             ("tun_write_failed", &self.tun_write_failed),
+            ("tun_read_invalid", &self.tun_read_invalid),
             ("fenced", &self.fenced),
         ]
         .into_iter()
@@ -103,47 +110,95 @@ pub fn start(
     gate: Option<Gate>,
 ) -> Pump {
     let allows = move |packet: &[u8]| gate.as_ref().is_none_or(|g| g.allows(packet));
-    let outbound = {
-        let (tun, conn, counters, allows) =
-            (tun.clone(), conn.clone(), counters.clone(), allows.clone());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; BUF];
-            loop {
-                let n = match tun.recv(&mut buf).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        debug!(error = %e, "TUN read failed; stopping the outbound pump");
-                        return;
-                    }
-                };
-                if !allows(&buf[..n]) {
-                    counters.fenced.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                match conn.send_datagram(bytes::Bytes::copy_from_slice(&buf[..n])) {
-                    Ok(()) => counters.tun_to_mesh.fetch_add(1, Ordering::Relaxed),
-                    Err(quinn::SendDatagramError::TooLarge) => {
-                        counters.too_big.fetch_add(1, Ordering::Relaxed)
-                    }
-                    Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
-                    Err(_) => counters.send_failed.fetch_add(1, Ordering::Relaxed),
-                };
+    let outbound = tokio::spawn(outbound(
+        tun.clone(),
+        conn.clone(),
+        counters.clone(),
+        allows.clone(),
+    ));
+    let inbound = tokio::spawn(inbound(tun, conn, counters, allows));
+    Pump {
+        tasks: [outbound, inbound],
+    }
+}
+
+/// TUN → datagrams, a read (one packet, or one super-packet's packets) at a time.
+async fn outbound(
+    tun: Arc<Tun>,
+    conn: quinn::Connection,
+    counters: Arc<PumpCounters>,
+    allows: impl Fn(&[u8]) -> bool,
+) {
+    let mut reader = TunReader::default();
+    let mut packets: Vec<Bytes> = Vec::with_capacity(TunWriter::BATCH);
+    loop {
+        match reader.read(&tun, &mut packets).await {
+            Ok(()) => {}
+            Err(ReadError::Packet(e)) => {
+                debug!(error = %e, "dropped a TUN read that does not split into packets");
+                counters.tun_read_invalid.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
-        })
-    };
-    let inbound = tokio::spawn(async move {
-        while let Ok(packet) = conn.read_datagram().await {
+            Err(ReadError::Device(e)) => {
+                debug!(error = %e, "TUN read failed; stopping the outbound pump");
+                return;
+            }
+        }
+        for packet in packets.drain(..) {
             if !allows(&packet) {
                 counters.fenced.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            match tun.send(&packet).await {
-                Ok(_) => counters.mesh_to_tun.fetch_add(1, Ordering::Relaxed),
-                Err(_) => counters.tun_write_failed.fetch_add(1, Ordering::Relaxed),
+            match conn.send_datagram(packet) {
+                Ok(()) => counters.tun_to_mesh.fetch_add(1, Ordering::Relaxed),
+                Err(quinn::SendDatagramError::TooLarge) => {
+                    counters.too_big.fetch_add(1, Ordering::Relaxed)
+                }
+                Err(quinn::SendDatagramError::ConnectionLost(_)) => return,
+                Err(_) => counters.send_failed.fetch_add(1, Ordering::Relaxed),
             };
         }
-    });
-    Pump {
-        tasks: [outbound, inbound],
+    }
+}
+
+/// Datagrams → TUN: waits for one datagram, takes every other one already there (up to a
+/// batch), and writes them coalesced.
+async fn inbound(
+    tun: Arc<Tun>,
+    conn: quinn::Connection,
+    counters: Arc<PumpCounters>,
+    allows: impl Fn(&[u8]) -> bool,
+) {
+    let mut writer = TunWriter::default();
+    let admit = |writer: &mut TunWriter, packet: &[u8]| {
+        if allows(packet) {
+            writer.push(packet);
+        } else {
+            counters.fenced.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let mut open = true;
+    while open {
+        let Ok(first) = conn.read_datagram().await else {
+            return;
+        };
+        admit(&mut writer, &first);
+        while writer.len() < TunWriter::BATCH {
+            // A datagram already received is ready at the first poll; dropping the future
+            // when it is not loses nothing.
+            match conn.read_datagram().now_or_never() {
+                Some(Ok(packet)) => admit(&mut writer, &packet),
+                Some(Err(_)) => {
+                    open = false;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let n = writer.len() as u64;
+        match writer.flush(&tun).await {
+            Ok(_) => counters.mesh_to_tun.fetch_add(n, Ordering::Relaxed),
+            Err(_) => counters.tun_write_failed.fetch_add(1, Ordering::Relaxed),
+        };
     }
 }

@@ -10,6 +10,7 @@
 //! the report and makes the command fail at the end.
 
 mod machine;
+mod plot;
 mod regress;
 mod report;
 mod run;
@@ -25,6 +26,10 @@ use anyhow::{Context, bail};
 use meshgate_tests::bench::{Figure, OUT_ENV, QUICK_ENV};
 
 use crate::{bench_tools, cmd, ebpf};
+
+/// The failover trial the failover benchmark leaves beside the figures for the timeline
+/// plot (`meshgate_tests::timeline`).
+const TIMELINE_DATA: &str = "failover-timeline.json";
 
 /// How long one benchmark file may run before it is killed and reported as failed.
 const FILE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -83,9 +88,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("failed to create {}", out_dir.display()))?;
     let lines = out_dir.join("figures.jsonl");
-    if lines.exists() {
-        std::fs::remove_file(&lines)
-            .with_context(|| format!("failed to remove the old {}", lines.display()))?;
+    for old in [&lines, &out_dir.join(TIMELINE_DATA)] {
+        if old.exists() {
+            std::fs::remove_file(old)
+                .with_context(|| format!("failed to remove the old {}", old.display()))?;
+        }
     }
     cmd::step("building the benchmark tests");
     let mut build = Command::new("cargo");
@@ -122,26 +129,42 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     let figures = read_figures(&lines)?;
     let committed = regress::committed(&root.join("BENCHMARKS.md"))?;
+    let summaries = summary::summarise(&figures, &committed);
+    let mut plots = Vec::new();
+    let throughput = out_dir.join(report::THROUGHPUT_SVG);
+    if plot::throughput(&summaries, &throughput).context("failed to plot throughput")? {
+        plots.push(report::THROUGHPUT_SVG);
+    }
+    let timeline = out_dir.join(report::TIMELINE_SVG);
+    if plot::failover(&out_dir.join(TIMELINE_DATA), &timeline)
+        .context("failed to plot the failover timeline")?
+    {
+        plots.push(report::TIMELINE_SVG);
+    }
     let report = report::Report {
         command: args.command(),
         partial: args.only.is_some(),
         machine,
         elapsed: started.elapsed(),
-        summaries: summary::summarise(&figures, &committed),
+        summaries,
         outcomes,
         not_measured: regress::not_measured(&committed, &figures),
+        plots,
     };
     let md = out_dir.join("report.md");
     let json = out_dir.join("report.json");
     std::fs::write(&md, report.markdown()).with_context(|| format!("write {}", md.display()))?;
     std::fs::write(&json, report.json()).with_context(|| format!("write {}", json.display()))?;
     cmd::step(&format!(
-        "report: {} and {} ({} figures, {:.0?}); commit it with `cp {} BENCHMARKS.md`",
+        "report: {} and {} ({} figures, {:.0?}); commit it with `cp {} BENCHMARKS.md && \
+         cp {}/*.svg {}/`",
         md.display(),
         json.display(),
         figures.len(),
         started.elapsed(),
-        md.display()
+        md.display(),
+        out_dir.display(),
+        report::PLOT_DIR,
     ));
     report.print_verdicts();
     let failed: Vec<&str> = report

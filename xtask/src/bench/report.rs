@@ -16,6 +16,13 @@ const ROWS: &[(u8, &str)] = &[
     (6, "Network policies"),
 ];
 
+/// Where the committed report's plots live (the report links them there).
+pub const PLOT_DIR: &str = "docs/bench";
+/// The throughput bars (row 2).
+pub const THROUGHPUT_SVG: &str = "throughput.svg";
+/// The failover timeline (row 1).
+pub const TIMELINE_SVG: &str = "failover-timeline.svg";
+
 /// Everything one run found.
 pub struct Report {
     /// The command that produced it.
@@ -32,6 +39,8 @@ pub struct Report {
     pub outcomes: Vec<Outcome>,
     /// Committed figures this run did not produce.
     pub not_measured: Vec<String>,
+    /// The plots drawn (file names in [`PLOT_DIR`]).
+    pub plots: Vec<&'static str>,
 }
 
 /// A number for people: grouped thousands, fewer decimals as it grows.
@@ -77,9 +86,12 @@ impl Report {
             "The machine is shared and noisy, so every figure is repeated (n ≥ 5) and given as \
              its median with the min–max spread, next to a baseline measured in the same run \
              (the ratio column). Targets are the project's goals, not pass/fail tests; a missed \
-             one says by how much. \"committed\" is the median in the previous `BENCHMARKS.md`; \
-             more than 20% worse is flagged as a regression. Regenerate with the command \
-             above (as root) and commit `target/bench/report.md` as `BENCHMARKS.md`.\n\n",
+             one says by how much. \"committed\" is the median in the previous `BENCHMARKS.md` \
+             and how much it changed; only same-run ratios are flagged as regressions (a ratio \
+             to the baseline, or a figure that is itself one, more than 20% worse than \
+             committed): absolute figures follow the machine. Regenerate with the command \
+             above (as root), commit `target/bench/report.md` as `BENCHMARKS.md` and \
+             `target/bench/*.svg` into `docs/bench/`.\n\n",
         );
         s.push_str(&self.problems());
         for (row, title) in ROWS {
@@ -99,7 +111,7 @@ impl Report {
         let data: Vec<_> = self
             .summaries
             .iter()
-            .map(|x| (&x.figure, x.median))
+            .map(|x| (&x.figure, x.median, x.ratio))
             .collect();
         s.push_str(&regress::block(&data));
         s
@@ -121,12 +133,13 @@ impl Report {
         }
         for x in self.summaries.iter().filter(|x| x.regressed()) {
             s.push_str(&format!(
-                "- **REGRESSION** `{}`: median {} {} vs {} committed ({} worse).\n",
+                "- **REGRESSION** `{}`: its same-run ratio is {} worse than committed (median \
+                 {} {}, ratio {}).\n",
                 x.figure.id,
+                percent(x.ratio_worse_by.unwrap_or(0.0)),
                 number(x.median),
                 x.figure.unit,
-                number(x.committed.unwrap_or(f64::NAN)),
-                percent(x.worse_by.unwrap_or(0.0))
+                x.ratio.map_or("—".into(), |r| format!("{r:.2}×")),
             ));
         }
         if !self.not_measured.is_empty() {
@@ -161,6 +174,14 @@ impl Report {
         if rows.is_empty() {
             s.push_str("Not measured in this run.\n\n");
             return s;
+        }
+        let plot = match row {
+            1 => Some((TIMELINE_SVG, "Failover timeline")),
+            2 => Some((THROUGHPUT_SVG, "Tunnel throughput")),
+            _ => None,
+        };
+        if let Some((file, alt)) = plot.filter(|(f, _)| self.plots.contains(f)) {
+            s.push_str(&format!("![{alt}]({PLOT_DIR}/{file})\n\n"));
         }
         s.push_str(
             "| id | figure | median | p99 | min–max | n | ratio | target | committed |\n\
@@ -212,6 +233,7 @@ impl Report {
                 v["target_missed_by"] = json!(x.target.as_ref().map(|t| t.missed_by));
                 v["committed_median"] = json!(x.committed);
                 v["worse_than_committed_by"] = json!(x.worse_by);
+                v["ratio_worse_than_committed_by"] = json!(x.ratio_worse_by);
                 v["regression"] = json!(x.regressed());
                 v
             })
@@ -290,9 +312,12 @@ fn line(x: &Summary) -> String {
         None => "—".into(),
     };
     let committed = match (x.committed, x.worse_by) {
-        (Some(c), Some(w)) if x.regressed() => {
-            format!("{} (**{} worse: regression**)", number(c), percent(w))
-        }
+        (Some(c), Some(w)) if x.regressed() => format!(
+            "{} ({:+.0}%; **ratio {} worse: regression**)",
+            number(c),
+            w * 100.0,
+            percent(x.ratio_worse_by.unwrap_or(0.0))
+        ),
         (Some(c), Some(w)) => format!("{} ({:+.0}%)", number(c), w * 100.0),
         (Some(c), None) => number(c),
         _ => "—".into(),

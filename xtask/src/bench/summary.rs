@@ -26,14 +26,17 @@ pub struct Summary {
     pub target: Option<TargetResult>,
     /// The committed median, if any.
     pub committed: Option<f64>,
-    /// How much worse than committed (fraction; negative = better).
+    /// How much worse the median is than committed (fraction; negative = better); shown,
+    /// never flagged on its own.
     pub worse_by: Option<f64>,
+    /// How much worse the same-run ratio is than committed ([`regress::ratio_worse_by`]).
+    pub ratio_worse_by: Option<f64>,
 }
 
 impl Summary {
-    /// Whether this figure is more than 20% worse than the committed one.
+    /// Whether this figure's same-run ratio is more than 20% worse than committed.
     pub fn regressed(&self) -> bool {
-        self.worse_by.is_some_and(|w| w > regress::THRESHOLD)
+        self.ratio_worse_by.is_some_and(|w| w > regress::THRESHOLD)
     }
 }
 
@@ -130,6 +133,8 @@ pub fn summarise(figures: &[Figure], committed: &BTreeMap<String, Committed>) ->
                 target,
                 committed: old.map(|c| c.median),
                 worse_by: old.and_then(|c| regress::worse_by(median, &f.unit, c)),
+                ratio_worse_by: old
+                    .and_then(|c| regress::ratio_worse_by(median, ratio, &f.unit, c)),
             }
         })
         .collect()
@@ -161,20 +166,34 @@ mod tests {
             .samples(vec![30.0, 40.0, 50.0, 60.0, 70.0])
             .baseline("b")
             .target("<=", 45.0);
-        let committed = BTreeMap::from([(
-            "f".to_owned(),
-            Committed {
-                median: 40.0,
-                unit: "ns".into(),
-                better: Better::Lower,
-            },
-        )]);
+        let committed = BTreeMap::from([
+            (
+                "f".to_owned(),
+                Committed {
+                    median: 40.0,
+                    unit: "ns".into(),
+                    better: Better::Lower,
+                    ratio: Some(2.0),
+                },
+            ),
+            (
+                "b".to_owned(),
+                Committed {
+                    median: 10.0,
+                    unit: "ns".into(),
+                    better: Better::Lower,
+                    ratio: None,
+                },
+            ),
+        ]);
         let s = summarise(&[base, f], &committed);
         assert_eq!(s[1].median, 50.0);
         assert_eq!(s[1].ratio, Some(2.5));
         assert_eq!((s[1].min, s[1].max), (30.0, 70.0));
         assert_eq!(s[1].target.as_ref().unwrap().met, Some(false));
-        assert!(s[1].regressed(), "50 vs 40 is 25% worse");
+        assert!(s[1].regressed(), "ratio 2.5 vs 2.0 is 25% worse");
+        // The baseline doubled (a slower machine?) but has no ratio: shown, not flagged.
+        assert!((s[0].worse_by.unwrap() - 1.0).abs() < 1e-9);
         assert!(!s[0].regressed());
     }
 }

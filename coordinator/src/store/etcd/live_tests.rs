@@ -220,10 +220,12 @@ async fn a_compacted_watch_delivers_exactly_the_difference() {
     // A watcher that had seen only the snapshot resumes into compacted history.
     let (tx, rx) = broadcast::channel(16);
     let mut w = Watch::new(String::new(), rx);
-    let task = s
-        .etcd
-        .handle()
-        .spawn(watch_loop(s.etcd.client(), s.root.clone(), snapshot, tx));
+    let task = s.etcd.handle().spawn(watch_loop(
+        s.etcd.client(),
+        s.root.clone(),
+        snapshot,
+        move |b, _| publish(&tx, b),
+    ));
     assert_eq!(put_of(&next(&mut w).await), ("b", &b"2"[..]));
     assert_eq!(put_of(&next(&mut w).await), ("d", &b"1"[..]));
     assert!(matches!(next(&mut w).await, WatchEvent::Delete { key, .. } if key == "c"));

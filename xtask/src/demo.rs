@@ -32,6 +32,10 @@ pub struct DemoArgs {
     /// Remove what an earlier `--keep` run left: its namespaces and their processes.
     #[arg(long, conflicts_with = "keep")]
     clean: bool,
+    /// The same story on a coordinator cluster: three etcd members and three
+    /// coordinators with `--etcd`; a coordinator is killed, then the active replica.
+    #[arg(long, conflicts_with_all = ["keep", "clean"])]
+    cluster: bool,
     /// Skip `cargo xtask setup` (for a machine known to be ready).
     #[arg(long, env = "MESHGATE_SKIP_SETUP")]
     skip_setup: bool,
@@ -60,6 +64,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         std::env::set_var("MESHGATE_LAB_PARENT", &demo_dir);
     }
     watch_ctrl_c();
+    if args.cluster {
+        return crate::demo_cluster::show();
+    }
     let started = Instant::now();
     let mut ha = topology()?;
     let result = show(&mut ha);
@@ -127,11 +134,11 @@ fn watch_ctrl_c() {
     });
 }
 
-fn say(what: &str) {
+pub(crate) fn say(what: &str) {
     println!("\n==> {what}");
 }
 
-fn timed<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+pub(crate) fn timed<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     use std::io::Write;
     print!("    {what} … ");
     let _ = std::io::stdout().flush();

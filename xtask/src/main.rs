@@ -4,6 +4,7 @@ mod bench;
 mod bench_tools;
 mod cmd;
 mod demo;
+mod demo_cluster;
 mod ebpf;
 mod package;
 mod setup;

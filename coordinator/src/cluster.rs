@@ -5,12 +5,17 @@
 //!
 //! Keys under `{prefix}/cluster/`: `identity` (shared secrets), `members/{name}` (one per
 //! live member, on the member's etcd lease), `known/{name}` (every member ever seen, so
-//! a dead one shows as `down`), and `decider/` (etcd's election of the member that
-//! decides replica elections).
+//! a dead one shows as `down`), `decider/` (etcd's election of the member that
+//! decides replica elections), and the election's `joined`, `elected/` and `lapse/`
+//! ([`keys`]). With `--etcd` the core is a cluster member whose election
+//! ([`crate::election::quorum`]) the [`Driver`] feeds from these keys.
 
+mod driver;
 mod follow;
 pub mod identity;
+pub mod keys;
 mod members;
+mod txn;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,6 +23,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use driver::Driver;
 pub use follow::follow;
 pub use members::Membership;
 

@@ -82,7 +82,10 @@ impl Hub {
     /// A hub with nobody connected, and the receiver its epoch writer task
     /// ([`tasks::spawn`]) drains. A drained active keeps forwarding for
     /// `handover_overlap` after its successor's promotion (see [`crate::election`]);
-    /// nobody is promoted before `restart_hold` has passed (see [`crate::core`]).
+    /// nobody is promoted before `restart_hold` has passed (see [`crate::core`]). With
+    /// `member` (`--etcd`: this coordinator's name) the core elects as a cluster member
+    /// through the shared store ([`crate::cluster::Driver`] feeds it) and the epoch
+    /// writer gets nothing: the record in etcd is the epoch.
     pub fn new(
         registry: Registry,
         timings: Timings,
@@ -90,13 +93,14 @@ impl Hub {
         restart_hold: Duration,
         mesh: Ipv4Net,
         colo: String,
+        member: Option<String>,
     ) -> (Self, mpsc::UnboundedReceiver<Vec<(Id, u64)>>) {
         let cfg = core::Config {
             timings,
             overlap: handover_overlap,
             mesh,
             restart_hold,
-            member: None,
+            member,
         };
         let (writer, writes) = mpsc::unbounded_channel();
         let hub = Self {

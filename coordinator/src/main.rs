@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
 use meshgate_coordinator::api::{self, Api};
-use meshgate_coordinator::cluster::{self, Cluster, Member, Membership};
+use meshgate_coordinator::cluster::{self, Cluster, Driver, Member, Membership};
 use meshgate_coordinator::hub::{self, Hub};
 use meshgate_coordinator::ipam::Ipam;
 use meshgate_coordinator::registry::Registry;
@@ -185,6 +185,7 @@ async fn serve(a: Serve) -> Result<()> {
         hold,
         ipam.cidr(),
         a.name.clone(),
+        etcd.is_some().then(|| a.name.clone()),
     );
     let hub = Arc::new(hub);
     hub::tasks::spawn(hub.clone(), epoch_writes, lease, hold)
@@ -214,12 +215,15 @@ async fn serve(a: Serve) -> Result<()> {
         api_addr: api_addr.to_string(),
         started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
-    let cluster = match etcd {
-        None => Cluster::single(me),
+    // The driver runs the cluster election for as long as `serve` does.
+    let (cluster, _driver) = match etcd {
+        None => (Cluster::single(me), None),
         Some((etcd, meta)) => {
             tokio::spawn(cluster::follow(hub.registry.store().clone(), hub.clone()));
-            let membership = Membership::start(etcd, meta, &a.etcd_prefix, &me);
-            Cluster::on_etcd(me, Arc::new(membership))
+            let root = format!("{}/cluster/", a.etcd_prefix.trim_end_matches('/'));
+            let driver = Driver::start(etcd.clone(), root, a.name.clone(), hub.clone());
+            let membership = Membership::start(etcd, meta, &a.etcd_prefix, &me, driver.events());
+            (Cluster::on_etcd(me, Arc::new(membership)), Some(driver))
         }
     };
     let api_state = Arc::new(Api {

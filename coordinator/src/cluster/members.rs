@@ -6,19 +6,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, PutOptions, Txn, TxnOp};
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use etcd_client::{Client, PutOptions, Txn, TxnOp, TxnOpResponse};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::Member;
+use super::{Member, keys};
+use crate::election::quorum::{ClusterEvent, KEEPALIVE_EVERY, MEMBER_TTL};
 use crate::store::Store as _;
 use crate::store::etcd::{Etcd, EtcdStore};
 
 /// TTL of a member's lease, in etcd's whole seconds: a dead member leaves the token
-/// address lists this long after its death.
-const MEMBER_TTL_S: i64 = 3;
-/// How often the lease is renewed (three tries per TTL).
-const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// address lists, and stops counting in elections, this long after its death.
+const MEMBER_TTL_S: i64 = MEMBER_TTL.as_secs() as i64;
+/// How often the lease is renewed (the core's fence counts from acknowledged renewals).
+const RENEW_EVERY: Duration = KEEPALIVE_EVERY;
 /// How long to wait before registering again after losing the lease or etcd.
 const RETRY: Duration = Duration::from_millis(500);
 /// How long one endpoint may take to report its status.
@@ -48,9 +53,15 @@ fn parse(kvs: Vec<crate::store::KeyValue>) -> Vec<Member> {
 }
 
 impl Membership {
-    /// Register `me` under `prefix` and keep it registered. `meta` is the store rooted
-    /// at `{prefix}/cluster/`.
-    pub fn start(etcd: Arc<Etcd>, meta: Arc<EtcdStore>, prefix: &str, me: &Member) -> Self {
+    /// Register `me` under `prefix` and keep it registered, telling the core through
+    /// `events`. `meta` is the store rooted at `{prefix}/cluster/`.
+    pub fn start(
+        etcd: Arc<Etcd>,
+        meta: Arc<EtcdStore>,
+        prefix: &str,
+        me: &Member,
+        events: Events,
+    ) -> Self {
         let prefix = prefix.trim_end_matches('/').to_owned();
         let election = format!("{prefix}/cluster/decider");
         let lease = Arc::new(AtomicI64::new(0));
@@ -62,6 +73,7 @@ impl Membership {
             me.clone(),
             lease.clone(),
             renewed_ms.clone(),
+            events,
         ));
         Self {
             etcd,
@@ -160,7 +172,17 @@ impl Drop for Membership {
     }
 }
 
-/// Register, renew until the lease is lost, register again; forever.
+/// What registration tells the core: registered, kept alive, lost, deciding.
+pub type Events = mpsc::UnboundedSender<ClusterEvent>;
+
+fn tell(events: &Events, ev: ClusterEvent) {
+    // The receiver lives as long as the hub; a send fails only at exit.
+    let _ = events.send(ev);
+}
+
+/// Register, renew until the lease is lost, register again; forever. Every registration
+/// is a new lease (the core's marks carry it, rule 5 of [`crate::election::quorum`]);
+/// the lease it replaces, of this run or of an earlier one, is revoked right after.
 async fn keep_registered(
     etcd: Arc<Etcd>,
     root: String,
@@ -168,11 +190,14 @@ async fn keep_registered(
     me: Member,
     lease: Arc<AtomicI64>,
     renewed_ms: Arc<AtomicU64>,
+    events: Events,
 ) {
     let mut client = etcd.client();
+    let mut replaced: Option<i64> = None;
     loop {
-        let id = match register(&mut client, &root, &me).await {
-            Ok(id) => id,
+        let sent_at = Instant::now();
+        let (id, revision, before) = match register(&mut client, &root, &me).await {
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "could not register in etcd; retrying");
                 tokio::time::sleep(RETRY).await;
@@ -181,62 +206,121 @@ async fn keep_registered(
         };
         lease.store(id, Relaxed);
         renewed_ms.store(now_ms(), Relaxed);
-        tracing::info!(member = %me.name, lease = id, "registered in etcd");
+        tracing::info!(member = %me.name, lease = id, revision, "registered in etcd");
+        tell(
+            &events,
+            ClusterEvent::Registered {
+                lease: id as u64,
+                revision,
+                sent_at,
+            },
+        );
+        for old in [before, replaced.take()].into_iter().flatten() {
+            if old != id {
+                // Its campaign key would otherwise stand in the election until it expires.
+                let _ = client.lease_revoke(old).await;
+            }
+        }
         let campaign = tokio::spawn(campaign(
             election.clone(),
             me.name.clone(),
             id,
             etcd.clone(),
+            events.clone(),
         ));
-        let lost = renew(&mut client, id, &renewed_ms).await;
+        let lost = renew(&mut client, id, &renewed_ms, &events).await;
         campaign.abort();
         lease.store(0, Relaxed);
+        tell(&events, ClusterEvent::Lost);
+        replaced = Some(id);
         tracing::warn!(member = %me.name, reason = %lost, "lost the etcd membership lease; registering again");
         tokio::time::sleep(RETRY).await;
     }
 }
 
-async fn register(client: &mut Client, root: &str, me: &Member) -> Result<i64, etcd_client::Error> {
+/// Puts this member's key on a new lease, bumps `joined` and records the member as known,
+/// in one transaction; returns the lease, the transaction's revision and the lease of
+/// the key it replaced (an earlier registration's), if any.
+async fn register(
+    client: &mut Client,
+    root: &str,
+    me: &Member,
+) -> Result<(i64, u64, Option<i64>), etcd_client::Error> {
     let id = client.lease_grant(MEMBER_TTL_S, None).await?.id();
     let value = serde_json::to_vec(me).expect("a member serialises");
-    client
+    let key = format!("{root}{}", keys::member(&me.name));
+    let resp = client
         .txn(Txn::new().and_then([
-            TxnOp::put(
-                format!("{root}members/{}", me.name),
-                value.clone(),
-                Some(PutOptions::new().with_lease(id)),
-            ),
+            TxnOp::get(key.clone(), None),
+            TxnOp::put(key, value.clone(), Some(PutOptions::new().with_lease(id))),
+            TxnOp::put(format!("{root}{}", keys::JOINED), me.name.clone(), None),
             TxnOp::put(format!("{root}known/{}", me.name), value, None),
         ]))
         .await?;
-    Ok(id)
+    let before = resp.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.lease()).filter(|l| *l != 0),
+        _ => None,
+    });
+    let revision = resp.header().map_or(0, |h| h.revision().max(0) as u64);
+    Ok((id, revision, before))
 }
 
-/// Renew `lease` until it is gone; returns why.
-async fn renew(client: &mut Client, lease: i64, renewed_ms: &AtomicU64) -> String {
-    let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
-        Ok(k) => k,
-        Err(e) => return e.to_string(),
-    };
+/// Renew `lease` until it is gone or a keep-alive stays unanswered for the TTL; returns
+/// why. Keep-alives go out every [`RENEW_EVERY`] without waiting for the previous answer
+/// (etcd answers them in order on one stream), and each answer tells the core when its
+/// request was sent: the member's fence counts from there.
+async fn renew(client: &mut Client, lease: i64, renewed_ms: &AtomicU64, events: &Events) -> String {
+    let mut acked = Instant::now();
     loop {
-        if let Err(e) = keeper.keep_alive().await {
-            return e.to_string();
-        }
-        let ttl = Duration::from_secs(MEMBER_TTL_S as u64);
-        match tokio::time::timeout(ttl, stream.message()).await {
-            Ok(Ok(Some(r))) if r.ttl() > 0 => renewed_ms.store(now_ms(), Relaxed),
-            Ok(Ok(Some(_))) => return "the lease expired".into(),
-            Ok(Ok(None)) => return "keep-alive stream closed".into(),
-            Ok(Err(e)) => return e.to_string(),
-            Err(_) => return "no keep-alive answer within the TTL".into(),
-        }
-        tokio::time::sleep(RENEW_EVERY).await;
+        let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
+            Ok(k) => k,
+            Err(e) if e.to_string().contains("lease not found") => return e.to_string(),
+            Err(e) => {
+                if acked.elapsed() >= MEMBER_TTL {
+                    return format!("no keep-alive answered within the TTL ({e})");
+                }
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        let mut sent: VecDeque<Instant> = VecDeque::new();
+        let mut every = tokio::time::interval(RENEW_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let broke = loop {
+            tokio::select! {
+                _ = every.tick() => {
+                    if acked.elapsed() >= MEMBER_TTL {
+                        return "no keep-alive answered within the TTL".into();
+                    }
+                    if let Err(e) = keeper.keep_alive().await {
+                        break e.to_string();
+                    }
+                    sent.push_back(Instant::now());
+                }
+                msg = stream.message() => match msg {
+                    Ok(Some(r)) if r.ttl() > 0 => {
+                        let Some(sent_at) = sent.pop_front() else { continue };
+                        acked = acked.max(sent_at);
+                        renewed_ms.store(now_ms(), Relaxed);
+                        tell(events, ClusterEvent::KeptAlive { sent_at });
+                    }
+                    Ok(Some(_)) => return "the lease expired".into(),
+                    Ok(None) => break "keep-alive stream closed".into(),
+                    Err(e) => break e.to_string(),
+                },
+            }
+        };
+        // The lease may well be alive (etcd lost its leader, a member died): open a new
+        // stream; answers to what was sent on the old one are lost.
+        tracing::debug!(reason = %broke, "keep-alive stream broke; reopening");
+        tokio::time::sleep(RETRY.min(RENEW_EVERY)).await;
     }
 }
 
-/// Stand in etcd's election on `lease` until elected (the campaign is etcd's; it ends
-/// when the lease does, and then the next candidate is elected).
-async fn campaign(election: String, name: String, lease: i64, etcd: Arc<Etcd>) {
+/// Stand in etcd's election on `lease` until elected, then tell the core it decides.
+/// The campaign is etcd's: the win lasts as long as the lease, so losing it is the
+/// registration's [`ClusterEvent::Lost`], which ends deciding too.
+async fn campaign(election: String, name: String, lease: i64, etcd: Arc<Etcd>, events: Events) {
     let mut client = etcd.client();
     loop {
         // Each try is bounded by the request timeout, and etcd withdraws the candidate
@@ -244,6 +328,7 @@ async fn campaign(election: String, name: String, lease: i64, etcd: Arc<Etcd>) {
         match client.campaign(election.clone(), name.clone(), lease).await {
             Ok(_) => {
                 tracing::info!(member = %name, "this member now decides elections (etcd election won)");
+                tell(&events, ClusterEvent::Decider(true));
                 return;
             }
             Err(e) => tracing::debug!(error = %e, "election campaign still waiting"),

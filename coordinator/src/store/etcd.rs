@@ -14,7 +14,7 @@
 mod conn;
 pub mod cursor;
 #[cfg(test)]
-mod live_tests;
+pub(crate) mod live_tests;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,13 +40,13 @@ const RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// Whether a request never reached a member (no connection could be opened), so sending
 /// it again cannot apply it twice. The client's balancer keeps picking the endpoint of a
 /// dead member among the live ones; a second try usually lands on a live one.
-fn never_sent(e: &etcd_client::Error) -> bool {
+pub(crate) fn never_sent(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("connect error"))
 }
 
 /// Whether a request that changes nothing may be sent again: its member was unreachable
 /// or unavailable (gRPC `UNAVAILABLE`, 14), whether or not it got the request.
-fn unavailable(e: &etcd_client::Error) -> bool {
+pub(crate) fn unavailable(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::GRpcStatus(s) => s.code() as i32 == 14,
         etcd_client::Error::TransportError(_) => true,
@@ -83,11 +83,12 @@ impl EtcdStore {
             .map_err(be)?;
         let cursor = Cursor::from_snapshot(&kvs, revision);
         let events = broadcast::channel(1024).0;
+        let sink = events.clone();
         let watcher = etcd.handle().spawn(watch_loop(
             etcd.client(),
             root.clone(),
             cursor,
-            events.clone(),
+            move |batch, _| publish(&sink, batch),
         ));
         Ok(Self {
             etcd,
@@ -118,7 +119,7 @@ impl EtcdStore {
 
 /// Send a request again while `retry` says its failure allows it, within
 /// [`REQUEST_TIMEOUT`].
-async fn retrying<T, Fut>(
+pub(crate) async fn retrying<T, Fut>(
     client: Client,
     retry: fn(&etcd_client::Error) -> bool,
     f: impl Fn(Client) -> Fut,
@@ -144,7 +145,7 @@ impl Drop for EtcdStore {
 }
 
 /// An etcd key-value under `root` as a store [`KeyValue`] (`None` if outside the root).
-fn from_etcd(root: &str, kv: &etcd_client::KeyValue) -> Option<KeyValue> {
+pub(crate) fn from_etcd(root: &str, kv: &etcd_client::KeyValue) -> Option<KeyValue> {
     let key = std::str::from_utf8(kv.key()).ok()?.strip_prefix(root)?;
     Some(KeyValue {
         key: key.to_owned(),
@@ -155,7 +156,8 @@ fn from_etcd(root: &str, kv: &etcd_client::KeyValue) -> Option<KeyValue> {
     })
 }
 
-async fn read_all(
+/// Every key under `root`, and the revision of that read.
+pub(crate) async fn read_all(
     mut client: Client,
     root: String,
 ) -> Result<(Vec<KeyValue>, u64), etcd_client::Error> {
@@ -170,12 +172,15 @@ async fn read_all(
     Ok((kvs, rev(resp.header())))
 }
 
-/// Keeps one etcd watch over `root` open for as long as the store lives.
-async fn watch_loop(
+/// Keeps one etcd watch over `root` open for as long as the task lives, starting after
+/// `cursor`: `sink` gets each response's new changes (in revision order, none lost or
+/// repeated across reconnects and compactions) and the last revision delivered so far,
+/// which says that every change under `root` up to it has been delivered.
+pub(crate) async fn watch_loop(
     mut client: Client,
     root: String,
     mut cursor: Cursor,
-    events: broadcast::Sender<WatchEvent>,
+    mut sink: impl FnMut(Vec<WatchEvent>, u64),
 ) {
     let mut compacted = false;
     loop {
@@ -188,7 +193,7 @@ async fn watch_loop(
                         revision,
                         "etcd watch history was compacted; re-read the range"
                     );
-                    publish(&events, diff);
+                    sink(diff, cursor.revision());
                     compacted = false;
                 }
                 Err(e) => {
@@ -234,7 +239,8 @@ async fn watch_loop(
                             })
                         })
                         .collect();
-                    publish(&events, cursor.apply(batch));
+                    let fresh = cursor.apply(batch);
+                    sink(fresh, cursor.revision());
                 }
                 Ok(None) => break,
                 Err(e) => {

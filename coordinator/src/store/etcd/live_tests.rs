@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::*;
 
 /// One etcd member on 127.0.0.1, killed on drop.
-struct TestEtcd {
+pub(crate) struct TestEtcd {
     child: Option<Child>,
     dir: tempfile::TempDir,
     client_port: u16,
@@ -23,7 +23,7 @@ fn free_port() -> u16 {
 }
 
 impl TestEtcd {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let mut e = Self {
             child: None,
             dir: tempfile::tempdir().expect("temp dir"),
@@ -34,7 +34,7 @@ impl TestEtcd {
         e
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
@@ -79,7 +79,7 @@ impl TestEtcd {
         }
     }
 
-    fn store(&self, root: &str) -> EtcdStore {
+    pub(crate) fn store(&self, root: &str) -> EtcdStore {
         let etcd = Etcd::connect(&[self.url()]).expect("a well-formed endpoint");
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -220,10 +220,12 @@ async fn a_compacted_watch_delivers_exactly_the_difference() {
     // A watcher that had seen only the snapshot resumes into compacted history.
     let (tx, rx) = broadcast::channel(16);
     let mut w = Watch::new(String::new(), rx);
-    let task = s
-        .etcd
-        .handle()
-        .spawn(watch_loop(s.etcd.client(), s.root.clone(), snapshot, tx));
+    let task = s.etcd.handle().spawn(watch_loop(
+        s.etcd.client(),
+        s.root.clone(),
+        snapshot,
+        move |b, _| publish(&tx, b),
+    ));
     assert_eq!(put_of(&next(&mut w).await), ("b", &b"2"[..]));
     assert_eq!(put_of(&next(&mut w).await), ("d", &b"1"[..]));
     assert!(matches!(next(&mut w).await, WatchEvent::Delete { key, .. } if key == "c"));

@@ -24,6 +24,29 @@ use crate::{Lan, Netns, wait_until, wait_until_ok};
 /// How long agents may take to connect to every coordinator, or to settle a role.
 pub const SETTLE: Duration = Duration::from_secs(20);
 
+/// A node replica's flags: the LAN on `eth1`, the VIP, XDP in generic mode.
+pub const REPLICA_FLAGS: [&str; 6] = [
+    "--lan-iface",
+    "eth1",
+    "--gateway-ip",
+    VIP,
+    "--xdp-mode",
+    "skb",
+];
+
+/// The namespace of replica `name`, the `i`-th on `lan`: `eth1` at `192.168.50.(11 + i)`.
+pub fn replica_host(
+    sites: &etcd::Cluster,
+    lan: &Lan,
+    name: &str,
+    i: usize,
+) -> anyhow::Result<Netns> {
+    let ns = sites.host(&format!("rep{name}"))?;
+    lan.attach(&ns, "eth1")?;
+    ns.ip(&format!("addr add 192.168.50.{}/24 dev eth1", 11 + i))?;
+    Ok(ns)
+}
+
 /// A participant's agent and its namespace.
 pub struct Participant {
     /// Its agent.
@@ -172,18 +195,8 @@ impl Cluster {
         let mut list = Vec::new();
         for i in 0..replicas {
             let name = ((b'a' + i as u8) as char).to_string();
-            let ns = self.sites.host(&format!("rep{name}"))?;
-            lan.attach(&ns, "eth1")?;
-            ns.ip(&format!("addr add 192.168.50.{}/24 dev eth1", 11 + i))?;
-            let flags = [
-                "--lan-iface",
-                "eth1",
-                "--gateway-ip",
-                VIP,
-                "--xdp-mode",
-                "skb",
-            ];
-            let p = self.spawn(&format!("replica-{name}"), ns, &token, &flags)?;
+            let ns = replica_host(&self.sites, &lan, &name, i)?;
+            let p = self.spawn(&format!("replica-{name}"), ns, &token, &REPLICA_FLAGS)?;
             let want = if i == 0 { "active" } else { "standby" };
             p.agent.wait_forwarding(&p.ns, want, SETTLE)?;
             list.push(p);

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use meshgate_proto::token::Token;
+use meshgate_tests::cluster::{REPLICA_FLAGS, replica_host};
 use meshgate_tests::etcd::{Cluster, QUIC_PORT, SITES};
-use meshgate_tests::ha::{HOST_IP, LAN_CIDR, VIP};
+use meshgate_tests::ha::{HOST_IP, LAN_CIDR};
 use meshgate_tests::lab::Agent;
 use meshgate_tests::{Lan, Netns, require_root, wait_until, wait_until_ok};
 use serde_json::json;
@@ -127,22 +128,12 @@ fn setup() -> anyhow::Result<(Setup, usize, usize, usize)> {
         .into_iter()
         .enumerate()
     {
-        let ns = s.c.host(&format!("rep{name}"))?;
-        s._lan.attach(&ns, "eth1")?;
-        ns.ip(&format!("addr add 192.168.50.{}/24 dev eth1", 11 + i))?;
-        let flags = [
-            "--lan-iface",
-            "eth1",
-            "--gateway-ip",
-            VIP,
-            "--xdp-mode",
-            "skb",
-        ];
+        let ns = replica_host(&s.c, &s._lan, name, i)?;
         let mut agent = Agent::spawn(
             &ns,
             &format!("replica-{name}"),
             &token_for(&token, site)?,
-            &flags,
+            &REPLICA_FLAGS,
             &s.c.scratch(&format!("state-{name}")),
             &s.c.scratch(&format!("agent-{name}.log")),
         )?;

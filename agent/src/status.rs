@@ -188,6 +188,10 @@ pub struct CoordinatorConn {
     pub primary: bool,
     /// Round-trip time, as QUIC measures it.
     pub rtt_ms: Option<f64>,
+    /// The coordinator said it is cut off from the cluster's store: it is sent through
+    /// only when no other coordinator answers.
+    #[serde(default)]
+    pub cut_off: bool,
 }
 
 /// One kernel step of a flip, named as in `status` and the logs.
@@ -351,7 +355,12 @@ pub fn human(r: &StatusReport) -> String {
     );
     for conn in &c.conns {
         let name = conn.colo_name.as_deref().unwrap_or("?");
-        let primary = if conn.primary { ", primary" } else { "" };
+        let primary = match (conn.primary, conn.cut_off) {
+            (true, false) => ", primary",
+            (true, true) => ", primary, cut off from the cluster",
+            (false, true) => ", cut off from the cluster",
+            (false, false) => "",
+        };
         let rtt = conn
             .rtt_ms
             .map(|ms| format!(", rtt {ms:.1} ms"))

@@ -25,6 +25,7 @@ pub mod iperf;
 pub mod lab;
 pub mod lan_view;
 mod netns;
+pub mod packet;
 pub mod probe;
 mod process;
 pub mod routed;

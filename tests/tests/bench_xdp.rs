@@ -14,8 +14,8 @@ use meshgate_agent::dataplane::{Dataplane, IpNet, Probe, Program, Role};
 use meshgate_tests::{
     Netns,
     bench::{self, Better, Figure},
-    blast::Blaster,
     packet::*,
+    reference::blast::Blaster,
     require_root, veth,
 };
 

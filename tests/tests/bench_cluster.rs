@@ -29,11 +29,7 @@ const AFTER: Duration = Duration::from_millis(2500);
 
 /// Every agent connected to every coordinator.
 fn settled(c: &Cluster) -> anyhow::Result<()> {
-    for p in c
-        .devices
-        .iter()
-        .chain(c.node()?.replicas.iter())
-    {
+    for p in c.devices.iter().chain(c.node()?.replicas.iter()) {
         p.wait_conns(&ALL)?;
     }
     Ok(())
@@ -62,7 +58,11 @@ fn bench_cluster_coordinator_kill9() -> anyhow::Result<()> {
             let dev = &c.devices[d];
             let ip = dev.mesh_ip()?;
             let port = 9400 + 2 * u16::try_from(trial)?;
-            let probe = Probe::start(("laptop", &dev.ns, &ip), ("host", &node.host, HOST_IP), port)?;
+            let probe = Probe::start(
+                ("laptop", &dev.ns, &ip),
+                ("host", &node.host, HOST_IP),
+                port,
+            )?;
             std::thread::sleep(Duration::from_millis(500));
             let killed = Instant::now();
             c.sites.kill_coordinator(site);

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use meshgate_proto::stream::{read_frame, write_frame};
+use meshgate_proto::frame::MAX_HELLO_FRAME;
+use meshgate_proto::stream::{read_frame, read_frame_max, write_frame};
 use meshgate_proto::{AgentMsg, CoordMsg, RefuseCode};
 
 use crate::core::Input;
@@ -160,7 +161,12 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>) -> Result<()> {
     let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
         .context("no control stream in time")??;
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame::<AgentMsg>(&mut recv)).await {
+    let hello = match tokio::time::timeout(
+        HELLO_TIMEOUT,
+        read_frame_max::<AgentMsg>(&mut recv, MAX_HELLO_FRAME),
+    )
+    .await
+    {
         Ok(Ok(Some(AgentMsg::Hello(h)))) => h,
         Ok(Ok(other)) => {
             refuse(

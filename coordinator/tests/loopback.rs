@@ -237,3 +237,44 @@ async fn ha_failover_relay_and_restart() {
         Ok(_) => panic!("a deleted node's token was accepted"),
     }
 }
+
+/// Before its Hello is accepted, a peer cannot make the coordinator buffer a large frame:
+/// a length prefix over `MAX_HELLO_FRAME` is refused from the header alone, with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_first_frame_is_refused_before_authentication() {
+    use meshgate_proto::client::{SERVER_NAME, client_config};
+    use meshgate_proto::frame::MAX_HELLO_FRAME;
+    use meshgate_proto::stream::read_frame;
+    use meshgate_proto::{CoordMsg, RefuseCode};
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&dir.path().join("data"), free_udp_port());
+    let device = c.ok("POST", "/api/v1/devices", Some(json!({"name": "probe"})));
+    let token = Token::decode(device["token"].as_str().unwrap()).unwrap();
+    let remote = token.addrs[0]
+        .parse()
+        .expect("a token address is HOST:PORT");
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = ep
+        .connect_with(
+            client_config(token.fingerprint).unwrap(),
+            remote,
+            SERVER_NAME,
+        )
+        .unwrap()
+        .await
+        .expect("the handshake needs no token");
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let big = u32::try_from(MAX_HELLO_FRAME + 1).unwrap();
+    send.write_all(&big.to_be_bytes()).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), read_frame::<CoordMsg>(&mut recv))
+        .await
+        .expect("answered without waiting for the body");
+    match reply {
+        Ok(Some(CoordMsg::Refused { code, reason })) => {
+            assert_eq!(code, RefuseCode::PROTOCOL_VIOLATION);
+            assert!(reason.contains("exceeds the limit"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

@@ -19,6 +19,9 @@ pub const FRAME_VERSION: u8 = 1;
 /// Largest frame body (version byte + payload) accepted, in bytes. A route table of a
 /// few thousand entries fits; anything bigger is an error, not a buffering request.
 pub const MAX_FRAME: usize = 256 * 1024;
+/// Largest frame a coordinator reads before the peer's Hello is accepted: a Hello is a
+/// few hundred bytes, so an unauthenticated peer cannot make it buffer [`MAX_FRAME`].
+pub const MAX_HELLO_FRAME: usize = 16 * 1024;
 /// Size of the length prefix.
 pub const HEADER_LEN: usize = 4;
 
@@ -31,7 +34,7 @@ pub enum FrameError {
     /// The length prefix is zero (no room for the version byte).
     #[error("empty frame")]
     Empty,
-    /// The length prefix exceeds [`MAX_FRAME`].
+    /// The length prefix exceeds [`MAX_FRAME`] (or the bound the reader was given).
     #[error("frame of {0} bytes exceeds the limit")]
     TooLarge(usize),
     /// A frame version this build does not speak.
@@ -59,11 +62,16 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
 
 /// Parse the length prefix: the body length that follows it.
 pub fn body_len(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
+    body_len_max(header, MAX_FRAME)
+}
+
+/// [`body_len`] with a smaller bound: [`MAX_HELLO_FRAME`] before a peer is authenticated.
+pub fn body_len_max(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes(header) as usize;
     if len == 0 {
         return Err(FrameError::Empty);
     }
-    if len > MAX_FRAME {
+    if len > max.min(MAX_FRAME) {
         return Err(FrameError::TooLarge(len));
     }
     Ok(len)
@@ -118,6 +126,36 @@ mod tests {
         assert_eq!(
             decode::<AgentMsg>(&buf[..used - 1]),
             Err(FrameError::Incomplete)
+        );
+    }
+
+    #[test]
+    fn a_hello_fits_the_pre_authentication_bound_and_a_larger_frame_does_not() {
+        let hello = AgentMsg::Hello(Hello {
+            protocol_version: crate::PROTOCOL_VERSION,
+            token: "x".repeat(200),
+            replica_id: "r".repeat(64),
+            lan: Some(LanInfo {
+                ip: std::net::Ipv4Addr::BROADCAST,
+                mac: [0xff; 6],
+            }),
+            agent_version: "v".repeat(64),
+            seen_epoch: u64::MAX,
+        });
+        let len = encode(&hello).unwrap().len() - HEADER_LEN;
+        assert!(len < MAX_HELLO_FRAME / 8, "a Hello is {len} bytes");
+        let header = |n: usize| u32::try_from(n).unwrap().to_be_bytes();
+        assert_eq!(
+            body_len_max(header(MAX_HELLO_FRAME), MAX_HELLO_FRAME),
+            Ok(MAX_HELLO_FRAME)
+        );
+        assert_eq!(
+            body_len_max(header(MAX_HELLO_FRAME + 1), MAX_HELLO_FRAME),
+            Err(FrameError::TooLarge(MAX_HELLO_FRAME + 1))
+        );
+        assert_eq!(
+            body_len(header(MAX_HELLO_FRAME + 1)),
+            Ok(MAX_HELLO_FRAME + 1)
         );
     }
 

@@ -26,6 +26,14 @@ pub enum StreamError {
 pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
 ) -> Result<Option<T>, StreamError> {
+    read_frame_max(recv, frame::MAX_FRAME).await
+}
+
+/// [`read_frame`] refusing frames over `max` bytes (before reading their body).
+pub async fn read_frame_max<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Option<T>, StreamError> {
     let mut header = [0u8; HEADER_LEN];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
@@ -33,7 +41,7 @@ pub async fn read_frame<T: DeserializeOwned>(
         Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(StreamError::Truncated),
         Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
     }
-    let len = frame::body_len(header)?;
+    let len = frame::body_len_max(header, max)?;
     let mut body = vec![0u8; len];
     match recv.read_exact(&mut body).await {
         Ok(()) => {}

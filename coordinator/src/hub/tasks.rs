@@ -145,6 +145,7 @@ impl Routes {
                         if let Some(id) = deleted {
                             hub.input(Input::Deleted(id));
                             hub.events.forget(id);
+                            hub.forget_logs(id);
                         }
                     }
                     Err(RecvError::Lagged(n)) => {
@@ -184,6 +185,7 @@ impl Routes {
                 for id in gone {
                     hub.input(Input::Deleted(id));
                     hub.events.forget(id);
+                    hub.forget_logs(id);
                 }
                 true
             }

@@ -13,7 +13,6 @@
 
 pub mod arp;
 pub mod bench;
-pub mod blast;
 pub mod cluster;
 pub mod cpu;
 pub mod etcd;
@@ -21,20 +20,17 @@ pub mod failover;
 pub mod failover_trials;
 pub mod ha;
 pub mod http;
-pub mod iperf;
 pub mod lab;
 pub mod lan_view;
 mod netns;
+pub mod packet;
 pub mod probe;
 mod process;
-pub mod routed;
+pub mod reference;
 pub mod timeline;
-pub mod tools;
 pub mod traffic;
 pub mod transfer;
-pub mod vrrp;
 mod wait;
-pub mod wg;
 
 pub use netns::{Lan, Netns, remove_run, sweep_stale, veth};
 pub use process::Process;

@@ -11,8 +11,8 @@ use meshgate_tests::{
     failover::{FailoverRun, Fault},
     failover_trials::{TIMELY, Trials, ms, timely_outage},
     ha::Ha,
+    reference::vrrp::Vrrp,
     require_root, timeline,
-    vrrp::Vrrp,
 };
 
 const ROW: u8 = 1;

@@ -14,7 +14,7 @@ use anyhow::Context;
 use meshgate_tests::{
     bench::{self, Better, Figure},
     ha::{HOST_IP, Ha},
-    iperf::Server,
+    reference::iperf::Server,
     require_root, wait_until,
 };
 use serde_json::json;

@@ -15,10 +15,12 @@ use meshgate_tests::{
     bench::{self, Better, Figure},
     cpu,
     ha::{HOST_IP, Ha},
-    iperf::{self, Server},
+    reference::{
+        iperf::{self, Server},
+        routed::Routed,
+        wg::Userspace,
+    },
     require_root,
-    routed::Routed,
-    wg::Userspace,
 };
 
 const ROW: u8 = 2;

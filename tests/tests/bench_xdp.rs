@@ -7,13 +7,6 @@
 //! * the standby hairpin's packets/s on a veth, against the kernel forwarding the same
 //!   packets between the same namespaces without XDP.
 
-#[path = "../../agent/tests/support/packet.rs"]
-#[allow(
-    dead_code,
-    reason = "the builder serves many tests; this one uses a few parts"
-)]
-mod packet;
-
 use std::time::{Duration, Instant};
 
 use aya::programs::XdpMode;
@@ -21,10 +14,10 @@ use meshgate_agent::dataplane::{Dataplane, IpNet, Probe, Program, Role};
 use meshgate_tests::{
     Netns,
     bench::{self, Better, Figure},
-    blast::Blaster,
+    packet::*,
+    reference::blast::Blaster,
     require_root, veth,
 };
-use packet::*;
 
 const ROW: u8 = 3;
 const REPRODUCE: &str = "cargo xtask bench --only xdp";

@@ -98,7 +98,8 @@ pub enum DataplaneError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// `BPF_PROG_TEST_RUN` failed.
+    /// `BPF_PROG_TEST_RUN` failed (a test hook).
+    #[cfg(feature = "test-hooks")]
     #[error("BPF_PROG_TEST_RUN on `{name}`: {source}")]
     TestRun {
         /// The program's name.

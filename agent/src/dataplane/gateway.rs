@@ -3,7 +3,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    os::fd::AsFd,
     time::Duration,
 };
 
@@ -22,35 +21,13 @@ mod lpm;
 
 use super::{
     DataplaneError, EBPF_OBJECT, iface,
-    probe::{attach_xdp, xdp_program},
-    test_run::{self, TestRunOutput},
+    program::{attach_xdp, xdp_program},
 };
 
 /// IPv4 header + TCP header without options: MSS = MTU − 40 (RFC 9293 §3.7.1).
 const TCP_IPV4_OVERHEAD: u32 = 40;
 /// IPv6 header + TCP header without options: MSS = MTU − 60.
 const TCP_IPV6_OVERHEAD: u32 = 60;
-
-/// The programs of the object that [`Dataplane::test_run`] can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Program {
-    /// `xdp_gateway`, the dataplane.
-    Gateway,
-    /// `xdp_pass`, the zero-work baseline.
-    Pass,
-    /// `xdp_count`, the counting probe.
-    Count,
-}
-
-impl Program {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Gateway => program::XDP_GATEWAY,
-            Self::Pass => program::XDP_PASS,
-            Self::Count => program::XDP_COUNT,
-        }
-    }
-}
 
 /// Counter totals summed over CPUs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +61,8 @@ struct Attachment {
 /// without a lock, so a packet racing the write may see a mix of old and new fields;
 /// that affects at most the packets in flight during the write.
 pub struct Dataplane {
-    ebpf: Ebpf,
+    /// The loaded object; `test_run` (a test hook) runs its other programs.
+    pub(super) ebpf: Ebpf,
     routes_v4: LpmTrie<MapData, Ipv4Key, RouteEntry>,
     routes_v6: LpmTrie<MapData, Ipv6Key, RouteEntry>,
     local_v4: LpmTrie<MapData, Ipv4Key, u32>,
@@ -327,27 +305,6 @@ impl Dataplane {
             routes.insert(id, sum_counter(&self.route_stats, map::ROUTE_STATS, id)?);
         }
         Ok(Counters { verdicts, routes })
-    }
-
-    /// Runs `program` on `frame` with `BPF_PROG_TEST_RUN`, `repeat` times (for
-    /// benchmarks), against the live maps. Loads the baseline programs on first use.
-    pub fn test_run(
-        &mut self,
-        program: Program,
-        frame: &[u8],
-        repeat: u32,
-    ) -> Result<TestRunOutput, DataplaneError> {
-        let name = program.name();
-        let prog = xdp_program(&mut self.ebpf, name)?;
-        if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| DataplaneError::Program { name, source })?;
-        }
-        let fd = prog
-            .fd()
-            .map_err(|source| DataplaneError::Program { name, source })?;
-        test_run::run(fd.as_fd(), frame, repeat)
-            .map_err(|source| DataplaneError::TestRun { name, source })
     }
 
     fn write_config(&mut self) -> Result<(), DataplaneError> {

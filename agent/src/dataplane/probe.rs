@@ -1,13 +1,18 @@
-//! The `xdp_count` probe: a program that loads, passes everything and counts.
+//! The `xdp_count` probe: a program that loads, passes everything and counts. Tests and
+//! benchmarks attach it where they need to count packets (or where a veth peer needs an
+//! XDP program for native `XDP_TX` to deliver); the agent itself never loads it.
 
 use aya::{
     Ebpf,
     maps::PerCpuArray,
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{XdpMode, xdp::XdpLinkId},
 };
 use meshgate_common::{PROBE_BYTES, PROBE_PACKETS, map, program};
 
-use super::{DataplaneError, EBPF_OBJECT};
+use super::{
+    DataplaneError, EBPF_OBJECT,
+    program::{attach_xdp, xdp_program},
+};
 
 /// Packet and byte totals of the probe program, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,35 +76,4 @@ impl Probe {
             bytes: sum(PROBE_BYTES)?,
         })
     }
-}
-
-/// The XDP program `name` of a loaded object.
-pub(super) fn xdp_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut Xdp, DataplaneError> {
-    ebpf.program_mut(name)
-        .ok_or(DataplaneError::Program {
-            name,
-            source: aya::programs::ProgramError::InvalidName { name: name.into() },
-        })?
-        .try_into()
-        .map_err(|source| DataplaneError::Program { name, source })
-}
-
-/// Attaches the loaded program `name` to `iface` in `mode`, naming all three on failure.
-pub(super) fn attach_xdp(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    iface: &str,
-    mode: XdpMode,
-) -> Result<XdpLinkId, DataplaneError> {
-    xdp_program(ebpf, name)?
-        .attach(iface, mode)
-        .map_err(|source| DataplaneError::Attach {
-            name,
-            iface: iface.into(),
-            mode,
-            source,
-        })
 }

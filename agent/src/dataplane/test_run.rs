@@ -1,11 +1,16 @@
 //! `BPF_PROG_TEST_RUN` through the raw `bpf(2)` syscall (aya 0.14 has no public wrapper):
 //! runs a loaded XDP program on a crafted frame, returning the action, the frame as the
-//! program left it, and the mean run time for benchmarks.
+//! program left it, and the mean run time for benchmarks. [`Dataplane::test_run`] runs
+//! any program of the object against the dataplane's live maps.
 
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
+
+use meshgate_common::program;
+
+use super::{Dataplane, DataplaneError, program::xdp_program};
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 /// Room for programs that grow the frame; ours only shrink it.
@@ -77,4 +82,47 @@ pub fn run(prog: BorrowedFd<'_>, data: &[u8], repeat: u32) -> io::Result<TestRun
         data: out,
         duration_ns: attr.duration,
     })
+}
+
+/// The programs of the object that [`Dataplane::test_run`] can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    /// `xdp_gateway`, the dataplane.
+    Gateway,
+    /// `xdp_pass`, the zero-work baseline.
+    Pass,
+    /// `xdp_count`, the counting probe.
+    Count,
+}
+
+impl Program {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Gateway => program::XDP_GATEWAY,
+            Self::Pass => program::XDP_PASS,
+            Self::Count => program::XDP_COUNT,
+        }
+    }
+}
+
+impl Dataplane {
+    /// Runs `program` on `frame` with `BPF_PROG_TEST_RUN`, `repeat` times (for
+    /// benchmarks), against the live maps. Loads the baseline programs on first use.
+    pub fn test_run(
+        &mut self,
+        program: Program,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunOutput, DataplaneError> {
+        let name = program.name();
+        let prog = xdp_program(&mut self.ebpf, name)?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        let fd = prog
+            .fd()
+            .map_err(|source| DataplaneError::Program { name, source })?;
+        run(fd.as_fd(), frame, repeat).map_err(|source| DataplaneError::TestRun { name, source })
+    }
 }

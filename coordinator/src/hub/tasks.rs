@@ -69,6 +69,10 @@ pub async fn spawn(
 struct Routes {
     by_key: BTreeMap<String, (Ipv4Net, Id)>,
     version: u64,
+    /// The revision of the last full read. A lagged watch still holds events from before
+    /// it: they are already in `by_key`, and replaying one would resurrect a route deleted
+    /// since and move `version` back (agents ignore a table older than theirs).
+    floor: u64,
 }
 
 impl Routes {
@@ -84,7 +88,11 @@ impl Routes {
                 )
             })
             .collect();
-        Ok(Self { by_key, version })
+        Ok(Self {
+            by_key,
+            version,
+            floor: version,
+        })
     }
 
     fn table(&self, mesh: Ipv4Net) -> Arc<RouteTable> {
@@ -107,6 +115,9 @@ impl Routes {
     fn apply(&mut self, ev: WatchEvent) -> (bool, Option<Id>) {
         let key = ev.key().to_owned();
         if key.starts_with("routes/") {
+            if ev.revision() <= self.floor {
+                return (false, None);
+            }
             match ev {
                 WatchEvent::Put(kv) => {
                     let Ok(r) = serde_json::from_slice::<RouteRecord>(&kv.value) else {
@@ -194,5 +205,58 @@ impl Routes {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::KeyValue;
+
+    fn put(key: &str, network: &str, node: Id, rev: u64) -> WatchEvent {
+        let rec = RouteRecord {
+            id: Id::random(),
+            node_id: node,
+            network: network.parse().expect("literal network"),
+            comment: String::new(),
+            created_at: String::new(),
+        };
+        WatchEvent::Put(KeyValue {
+            key: key.to_owned(),
+            value: serde_json::to_vec(&rec).expect("a record serializes"),
+            create_revision: rev,
+            mod_revision: rev,
+            lease: None,
+        })
+    }
+
+    /// After a reload at revision 12, a lagged watch still delivers the put (10) and the
+    /// delete (12) of a route the reload no longer has: neither may bring it back, nor
+    /// move the version below the reload's.
+    #[test]
+    fn events_older_than_a_reload_are_not_replayed() {
+        let node = Id::random();
+        let mut routes = Routes {
+            by_key: BTreeMap::new(),
+            version: 12,
+            floor: 12,
+        };
+        assert_eq!(
+            routes.apply(put("routes/a/1", "10.0.0.0/24", node, 10)),
+            (false, None)
+        );
+        let delete = WatchEvent::Delete {
+            key: "routes/a/1".into(),
+            revision: 12,
+        };
+        assert_eq!(routes.apply(delete), (false, None));
+        assert!(routes.by_key.is_empty());
+        assert_eq!(routes.version, 12);
+
+        // Two routes written in one transaction share revision 13: both count.
+        assert!(routes.apply(put("routes/a/2", "10.0.1.0/24", node, 13)).0);
+        assert!(routes.apply(put("routes/a/3", "10.0.2.0/24", node, 13)).0);
+        assert_eq!(routes.by_key.len(), 2);
+        assert_eq!(routes.version, 13);
     }
 }

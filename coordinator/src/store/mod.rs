@@ -93,6 +93,14 @@ impl WatchEvent {
             WatchEvent::Delete { key, .. } => key,
         }
     }
+
+    /// The store revision of the change.
+    pub fn revision(&self) -> u64 {
+        match self {
+            WatchEvent::Put(kv) => kv.mod_revision,
+            WatchEvent::Delete { revision, .. } => *revision,
+        }
+    }
 }
 
 /// Why a store operation failed.

@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
+use super::wg::{End, Tunnel, Userspace};
 use crate::{
     Lan, Netns,
     ha::{HOST_IP, LAN_CIDR},
-    wg::{End, Tunnel, Userspace},
 };
 
 const DEVICE_WAN_IP: &str = "10.99.0.10";

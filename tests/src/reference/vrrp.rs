@@ -15,10 +15,11 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 
+use super::tools;
 use crate::{
     Lan, Netns, Process,
     probe::{FlowReport, Probe},
-    tools, wait_until, wait_until_ok,
+    wait_until, wait_until_ok,
 };
 
 /// The LAN host (same address as in [`crate::ha`]).

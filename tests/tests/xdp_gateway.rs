@@ -1,14 +1,10 @@
 //! `xdp_gateway` under BPF_PROG_TEST_RUN: crafted frames in, verdict and bytes out, for
-//! every branch. Root-only; without root each test prints why it is skipped.
+//! every branch. Root-only (`#[ignore]`d; `cargo xtask test` runs them as root).
 
-mod support;
-
-use ipnet::IpNet;
 use meshgate_agent::dataplane::{
-    Dataplane, Program, Role, TunnelMode, Verdict, test_run::TestRunOutput,
+    Dataplane, IpNet, Program, Role, TunnelMode, Verdict, test_run::TestRunOutput,
 };
-use support::packet::*;
-use support::{dataplane, require_root};
+use meshgate_tests::{packet::*, require_root};
 
 const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
@@ -25,6 +21,11 @@ const SUBNET_ROUTE: u32 = 3;
 
 fn net(s: &str) -> IpNet {
     s.parse().expect("test literal is a valid prefix")
+}
+
+/// A freshly loaded dataplane: it must load, so a failure (e.g. the verifier) fails loudly.
+fn dataplane() -> Dataplane {
+    Dataplane::load().unwrap_or_else(|e| panic!("loading xdp_gateway failed: {e}"))
 }
 
 /// An active replica of a node advertising 192.168.50.0/24 and fd00:50::/64, with the
@@ -109,8 +110,8 @@ fn assert_tcp_checksum(addrs: Addrs, segment: &[u8]) {
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn non_ip_passes_untouched() {
-    require_root();
+fn non_ip_passes_untouched() -> anyhow::Result<()> {
+    require_root()?;
     let mut dp = active();
     let arp = frame(
         ETH_P_ARP,
@@ -122,12 +123,13 @@ fn non_ip_passes_untouched() {
     assert_eq!(out.action, XDP_PASS);
     assert_eq!(out.data, arp);
     assert_eq!(count(&dp, Verdict::PassNotIp), 1);
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn not_mesh_bound_passes_untouched() {
-    require_root();
+fn not_mesh_bound_passes_untouched() -> anyhow::Result<()> {
+    require_root()?;
     let mut dp = active();
     for f in [
         udp_v4("192.168.50.10", "192.168.50.1", 64),
@@ -149,12 +151,13 @@ fn not_mesh_bound_passes_untouched() {
         assert_eq!(out.data, f);
     }
     assert_eq!(count(&dp, Verdict::PassLocal), 3);
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn active_kernel_route_passes_and_counts_route() {
-    require_root();
+fn active_kernel_route_passes_and_counts_route() -> anyhow::Result<()> {
+    require_root()?;
     let mut dp = active();
     let f = udp_v4("192.168.50.10", "100.96.0.5", 64);
     let out = run(&mut dp, &f);
@@ -175,12 +178,13 @@ fn active_kernel_route_passes_and_counts_route() {
         dp.counters().expect("counters readable").routes[&SUBNET_ROUTE].packets,
         1
     );
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn active_redirect_strips_ethernet_and_decrements_ttl() {
-    require_root();
+fn active_redirect_strips_ethernet_and_decrements_ttl() -> anyhow::Result<()> {
+    require_root()?;
     let mut dp = active();
     dp.set_tunnel_mode(TunnelMode::Redirect)
         .expect("config write");
@@ -214,12 +218,13 @@ fn active_redirect_strips_ethernet_and_decrements_ttl() {
     let out = run(&mut dp, &f);
     assert_eq!(out.action, XDP_DROP);
     assert_eq!(count(&dp, Verdict::DropNoPath), 1);
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn standby_hairpins_to_active_mac() {
-    require_root();
+fn standby_hairpins_to_active_mac() -> anyhow::Result<()> {
+    require_root()?;
     let mut dp = standby();
     let f = udp_v4("192.168.50.10", "100.96.0.5", 64);
     let out = run(&mut dp, &f);
@@ -257,23 +262,25 @@ fn standby_hairpins_to_active_mac() {
     // Non-mesh traffic on a standby is untouched.
     let local = udp_v4("192.168.50.10", "192.168.50.2", 64);
     assert_eq!(run(&mut dp, &local).data, local);
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn standby_without_active_drops() {
-    require_root();
+fn standby_without_active_drops() -> anyhow::Result<()> {
+    require_root()?;
     let mut dp = active();
     dp.set_role(Role::Standby, 3).expect("config write");
     let out = run(&mut dp, &udp_v4("192.168.50.10", "100.96.0.5", 64));
     assert_eq!(out.action, XDP_DROP);
     assert_eq!(count(&dp, Verdict::DropNoPath), 1);
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn spoofed_source_drops() {
-    require_root();
+fn spoofed_source_drops() -> anyhow::Result<()> {
+    require_root()?;
     for mut dp in [active(), standby()] {
         let out = run(&mut dp, &udp_v4("192.168.51.10", "100.96.0.5", 64));
         assert_eq!(out.action, XDP_DROP);
@@ -288,12 +295,13 @@ fn spoofed_source_drops() {
         assert_eq!(out.action, XDP_DROP);
         assert_eq!(count(&dp, Verdict::DropSpoofed), 2);
     }
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn fenced_drops() {
-    require_root();
+fn fenced_drops() -> anyhow::Result<()> {
+    require_root()?;
     let mut dp = active();
     dp.set_role(Role::Fenced, 4).expect("config write");
     let out = run(&mut dp, &udp_v4("192.168.50.10", "100.96.0.5", 64));
@@ -313,12 +321,13 @@ fn fenced_drops() {
         XDP_DROP
     );
     assert_eq!(count(&fresh, Verdict::DropFenced), 1);
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn stale_epoch_drops() {
-    require_root();
+fn stale_epoch_drops() -> anyhow::Result<()> {
+    require_root()?;
     let f = udp_v4("192.168.50.10", "100.96.0.5", 64);
     for mut dp in [active(), standby()] {
         // Another replica was promoted under epoch 4: our epoch-3 role is stale.
@@ -337,12 +346,13 @@ fn stale_epoch_drops() {
         assert_eq!(run(&mut dp, &f).action, XDP_DROP);
         assert_eq!(count(&dp, Verdict::DropStaleEpoch), 3);
     }
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn expired_lease_drops() {
-    require_root();
+fn expired_lease_drops() -> anyhow::Result<()> {
+    require_root()?;
     let mut dp = active();
     let f = udp_v4("192.168.50.10", "100.96.0.5", 64);
     dp.set_lease_deadline(Some(std::time::Duration::from_secs(60)))
@@ -358,12 +368,13 @@ fn expired_lease_drops() {
     assert_eq!(count(&dp, Verdict::DropStaleEpoch), 1);
     dp.set_lease_deadline(None).expect("config write");
     assert_eq!(run(&mut dp, &f).action, XDP_PASS);
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn mss_clamp_v4_even_and_odd_offsets() {
-    require_root();
+fn mss_clamp_v4_even_and_odd_offsets() -> anyhow::Result<()> {
+    require_root()?;
     let clamp = (TUNNEL_MTU - 40) as u16;
     // The MSS option first (even offset), and after one NOP plus a 3-byte window scale
     // (odd offset: its bytes straddle 16-bit checksum words).
@@ -387,12 +398,13 @@ fn mss_clamp_v4_even_and_odd_offsets() {
         expected[34 + 16..34 + 18].copy_from_slice(&seg[16..18]);
         assert_eq!(out.data, expected, "{name}");
     }
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn mss_clamp_leaves_small_mss_and_non_syn_alone() {
-    require_root();
+fn mss_clamp_leaves_small_mss_and_non_syn_alone() -> anyhow::Result<()> {
+    require_root()?;
     let mut dp = active();
     let small = syn_v4(&mss_option(1000));
     assert_eq!(run(&mut dp, &small).data, small);
@@ -432,12 +444,13 @@ fn mss_clamp_leaves_small_mss_and_non_syn_alone() {
     );
     assert_tcp_checksum(lan_v4(), &out.data[34..]);
     assert_eq!(count(&dp, Verdict::TunnelKernel), 3);
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn ipv4_options_and_fragments() {
-    require_root();
+fn ipv4_options_and_fragments() -> anyhow::Result<()> {
+    require_root()?;
     let mut dp = active();
     let Addrs::V4(s, d) = lan_v4() else {
         unreachable!("lan_v4 is IPv4")
@@ -468,12 +481,13 @@ fn ipv4_options_and_fragments() {
         (TUNNEL_MTU - 40) as u16
     );
     assert_eq!(count(&dp, Verdict::TunnelKernel), 3);
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn too_big_for_tunnel_goes_to_kernel() {
-    require_root();
+fn too_big_for_tunnel_goes_to_kernel() -> anyhow::Result<()> {
+    require_root()?;
     let mut dp = active();
     dp.set_tunnel_mode(TunnelMode::Redirect)
         .expect("config write");
@@ -509,12 +523,13 @@ fn too_big_for_tunnel_goes_to_kernel() {
         ),
     );
     assert_eq!(run(&mut dp, &f).action, XDP_REDIRECT);
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn ipv6_tunnel_hairpin_and_mss_behind_extension_headers() {
-    require_root();
+fn ipv6_tunnel_hairpin_and_mss_behind_extension_headers() -> anyhow::Result<()> {
+    require_root()?;
     let Addrs::V6(s, d) = lan_v6() else {
         unreachable!("lan_v6 is IPv6")
     };
@@ -570,12 +585,13 @@ fn ipv6_tunnel_hairpin_and_mss_behind_extension_headers() {
     let mut dp = active();
     assert_eq!(run(&mut dp, &f).action, XDP_PASS);
     assert_eq!(count(&dp, Verdict::TunnelKernel), 1);
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn malformed_and_truncated_frames_get_defined_verdicts() {
-    require_root();
+fn malformed_and_truncated_frames_get_defined_verdicts() -> anyhow::Result<()> {
+    require_root()?;
     let mut dp = active();
     let Addrs::V4(s, d) = lan_v4() else {
         unreachable!("lan_v4 is IPv4")
@@ -683,12 +699,13 @@ fn malformed_and_truncated_frames_get_defined_verdicts() {
         .action,
         XDP_DROP
     );
+    Ok(())
 }
 
 #[test]
 #[ignore = "needs root: loads XDP programs (run by `cargo xtask test`)"]
-fn replace_routes_is_a_diff() {
-    require_root();
+fn replace_routes_is_a_diff() -> anyhow::Result<()> {
+    require_root()?;
     let mut dp = active();
     let f = udp_v4("192.168.50.10", "10.20.3.4", 64);
     assert_eq!(count_after(&mut dp, &f, Verdict::TunnelKernel), 1);
@@ -717,6 +734,7 @@ fn replace_routes_is_a_diff() {
         dp.replace_routes(&[(net("10.0.0.0/8"), meshgate_common::MAX_ROUTE_IDS)]),
         Err(meshgate_agent::dataplane::DataplaneError::RouteIdOutOfRange { .. })
     ));
+    Ok(())
 }
 
 fn count_after(dp: &mut Dataplane, f: &[u8], verdict: Verdict) -> u64 {

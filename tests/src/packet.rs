@@ -1,5 +1,7 @@
-//! A small packet builder for tests: Ethernet, IPv4 (options, fragments), IPv6
-//! (extension headers), TCP (options), UDP, ICMP — with checksums computed from scratch.
+//! A small packet builder for tests that hand crafted frames to XDP programs
+//! (`BPF_PROG_TEST_RUN`, AF_PACKET generators): Ethernet, IPv4 (options, fragments), IPv6
+//! (extension headers), TCP (options), UDP, ICMP — with checksums computed from scratch,
+//! so a program's rewrite is checked against an independent computation.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -192,10 +194,12 @@ pub fn frame(ethertype: u16, l3: &[u8]) -> Vec<u8> {
     f
 }
 
+/// An IPv4 address from a test literal.
 pub fn v4(s: &str) -> Ipv4Addr {
     s.parse().expect("test literal is an IPv4 address")
 }
 
+/// An IPv6 address from a test literal.
 pub fn v6(s: &str) -> Ipv6Addr {
     s.parse().expect("test literal is an IPv6 address")
 }

@@ -6,7 +6,8 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Context, bail};
 
-use crate::{Netns, Process, tools, wait_until};
+use super::tools;
+use crate::{Netns, Process, wait_until};
 
 /// UDP payload: fits every tunnel compared here (meshgate's TUN MTU, WireGuard's 1420).
 pub const UDP_PAYLOAD: u32 = 1000;

@@ -13,7 +13,8 @@ use std::{
 
 use anyhow::Context;
 
-use crate::{Netns, Process, tools, wait_until};
+use super::tools;
+use crate::{Netns, Process, wait_until};
 
 /// WireGuard's port on each end.
 const PORT: u16 = 51820;

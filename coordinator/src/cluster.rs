@@ -79,13 +79,16 @@ impl Cluster {
     }
 
     /// The members agents are told about ([`meshgate_proto::CoordMsg::Members`]): the
-    /// live ones in name order (this member alone without `--etcd`, or while etcd cannot
-    /// be read).
+    /// live ones in name order (this member alone without `--etcd`), or this member alone
+    /// and [`meshgate_proto::Members::cut_off`] while it has lost etcd.
     pub fn members(&self) -> meshgate_proto::Members {
-        let mut live = self
-            .etcd
-            .as_ref()
-            .and_then(|m| m.live().ok())
+        let read = match &self.etcd {
+            None => Some(Vec::new()),
+            Some(m) if m.cut_off() => None,
+            Some(m) => m.live().ok(),
+        };
+        let cut_off = read.is_none();
+        let mut live = read
             .filter(|l| !l.is_empty())
             .unwrap_or_else(|| vec![self.me.clone()]);
         live.sort_by(|a, b| a.name.cmp(&b.name));
@@ -98,6 +101,7 @@ impl Cluster {
                     public_addrs: m.public_addrs,
                 })
                 .collect(),
+            cut_off,
         }
     }
 

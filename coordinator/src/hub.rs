@@ -404,6 +404,12 @@ impl Hub {
             .connections(node, Instant::now(), &self.colo)
     }
 
+    /// A node's epoch as this coordinator's election holds it (under `--etcd` the
+    /// cluster's, which the registry does not track); `None` for a node it has not seen.
+    pub fn epoch(&self, node: Id) -> Option<u64> {
+        self.lock().core.epoch_of(node)
+    }
+
     /// Number of connected participants, and replicas per (node, ha_status).
     pub fn census(&self) -> (usize, Vec<(Id, &'static str, usize)>) {
         self.lock().core.census(Instant::now())

@@ -184,7 +184,18 @@ pub struct Members {
     pub you_reached: String,
     /// Every live member, the sender included, in name order.
     pub members: Vec<Member>,
+    /// The sender has lost the cluster's store (etcd has not answered it for
+    /// [`CUT_OFF_AFTER_MS`]): it grants no lease, its view of the actives may be stale,
+    /// and its member list is only itself. Agents send through another member while one
+    /// answers, and keep the member list they had.
+    #[serde(default)]
+    pub cut_off: bool,
 }
+
+/// How long a member may go without an answer from the cluster's store before it says it
+/// is cut off ([`Members::cut_off`]): longer than a store leader election usually takes
+/// (1–2 s), well inside the member's TTL (5 s), after which another member may promote.
+pub const CUT_OFF_AFTER_MS: u64 = 2000;
 
 /// One coordinator of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

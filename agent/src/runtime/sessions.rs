@@ -63,8 +63,19 @@ impl Agent {
             LinkEvent::Msg(CoordMsg::Members(m)) => {
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.view.colo_name = Some(m.you_reached.clone());
+                    if c.view.cut_off != m.cut_off {
+                        c.view.cut_off = m.cut_off;
+                        if m.cut_off {
+                            tracing::warn!(coordinator = %m.you_reached, "coordinator is cut off from the cluster; sending through another");
+                        } else {
+                            info!(coordinator = %m.you_reached, "coordinator is back in the cluster");
+                        }
+                    }
                 }
-                if self.members.as_ref() != Some(&m.members) {
+                self.selector.set_cut_off(id, m.cut_off);
+                self.pick();
+                // A cut-off member knows only itself: its list says nothing of the others.
+                if !m.cut_off && self.members.as_ref() != Some(&m.members) {
                     info!(coordinator = %m.you_reached, members = ?m.members.iter().map(|m| &m.name).collect::<Vec<_>>(), "coordinator members");
                     self.members = Some(m.members);
                     for gone in links.set_targets(&self.targets()) {
@@ -144,6 +155,7 @@ impl Agent {
                     opened_at,
                     primary: false,
                     rtt_ms: None,
+                    cut_off: false,
                 },
                 said: None,
                 _inbound: inbound,

@@ -12,6 +12,11 @@
 //! stays while it answers (no flapping back), and the connections' order (the roster's:
 //! token order) breaks ties.
 //!
+//! A coordinator that says it is *cut off* from the cluster's store (it cannot grant
+//! leases, and its view of which replica is active may be stale) is sent through only
+//! when no other answers: relaying through it could hand a subnet's traffic to a replica
+//! that was fenced since, or drop the new active's.
+//!
 //! [`Selector`] is the decision, pure and with an injected clock; [`Uplink`] is the
 //! handle the pump sends through.
 
@@ -36,6 +41,7 @@ struct Candidate {
     rank: usize,
     rx: u64,
     heard: Instant,
+    cut_off: bool,
 }
 
 /// The choice of the primary connection. See the module docs.
@@ -65,6 +71,7 @@ impl Selector {
             rank,
             rx: 0,
             heard: now,
+            cut_off: false,
         });
     }
 
@@ -86,6 +93,17 @@ impl Selector {
         }
     }
 
+    /// What the coordinator of the connection said last about being cut off.
+    pub fn set_cut_off(&mut self, id: LinkId, cut_off: bool) {
+        if let Some(l) = self.links.iter_mut().find(|l| l.id == id) {
+            l.cut_off = cut_off;
+        }
+    }
+
+    fn serving(&self, id: LinkId, now: Instant) -> bool {
+        self.answering(id, now) && self.links.iter().any(|l| l.id == id && !l.cut_off)
+    }
+
     /// Whether the connection was heard from recently enough to send on.
     pub fn answering(&self, id: LinkId, now: Instant) -> bool {
         self.links
@@ -93,17 +111,26 @@ impl Selector {
             .any(|l| l.id == id && now.saturating_duration_since(l.heard) < self.dead_after)
     }
 
-    /// The primary at `now`: the current one while it answers, else the best-ranked
-    /// answering one, else (nobody answers) the one heard from last — sending there
-    /// costs nothing more than not sending.
+    /// The primary at `now`: the current one while it answers and is not cut off, else
+    /// the best-ranked such one; failing that the same among the answering ones (a
+    /// cut-off coordinator still relays); else (nobody answers) the one heard from last —
+    /// sending there costs nothing more than not sending.
     pub fn choose(&mut self, now: Instant) -> Option<LinkId> {
-        if let Some(p) = self.primary.filter(|p| self.answering(*p, now)) {
+        let any_serving = self.links.iter().any(|l| self.serving(l.id, now));
+        let usable = |s: &Self, id: LinkId| {
+            if any_serving {
+                s.serving(id, now)
+            } else {
+                s.answering(id, now)
+            }
+        };
+        if let Some(p) = self.primary.filter(|p| usable(self, *p)) {
             return Some(p);
         }
         let best = self
             .links
             .iter()
-            .filter(|l| self.answering(l.id, now))
+            .filter(|l| usable(self, l.id))
             .min_by_key(|l| (l.rank, l.id))
             .or_else(|| self.links.iter().max_by_key(|l| (l.heard, l.id)))
             .map(|l| l.id);
@@ -236,6 +263,30 @@ mod tests {
         s.observe(1, 6, t + HB * 5);
         s.observe(2, 10, t + HB * 5);
         assert_eq!(s.choose(t + HB * 5), Some(2));
+    }
+
+    #[test]
+    fn a_cut_off_coordinator_carries_traffic_only_when_no_other_answers() {
+        let t0 = Instant::now();
+        let mut s = Selector::new(dead_after(HB));
+        s.add(1, 0, t0);
+        s.add(2, 1, t0);
+        assert_eq!(s.choose(t0), Some(1));
+        s.set_cut_off(1, true);
+        assert_eq!(
+            s.choose(t0),
+            Some(2),
+            "moves off the cut-off primary at once"
+        );
+        // Every coordinator cut off (etcd down for all): they still relay, so keep one.
+        s.set_cut_off(2, true);
+        assert_eq!(s.choose(t0), Some(2), "no flapping while all are cut off");
+        // The first one is back in the cluster: it is preferred again only if the
+        // current one stops serving — here it does not serve, so traffic moves.
+        s.set_cut_off(1, false);
+        assert_eq!(s.choose(t0), Some(1));
+        s.set_cut_off(2, false);
+        assert_eq!(s.choose(t0), Some(1), "no flapping back once both serve");
     }
 
     #[test]

@@ -63,7 +63,12 @@ pub fn human(r: &StatusReport) -> String {
     );
     for conn in &c.conns {
         let name = conn.colo_name.as_deref().unwrap_or("?");
-        let primary = if conn.primary { ", primary" } else { "" };
+        let primary = match (conn.primary, conn.cut_off) {
+            (true, false) => ", primary",
+            (true, true) => ", primary, cut off from the cluster",
+            (false, true) => ", cut off from the cluster",
+            (false, false) => "",
+        };
         let rtt = conn
             .rtt_ms
             .map(|ms| format!(", rtt {ms:.1} ms"))

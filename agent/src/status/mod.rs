@@ -191,6 +191,10 @@ pub struct CoordinatorConn {
     pub primary: bool,
     /// Round-trip time, as QUIC measures it.
     pub rtt_ms: Option<f64>,
+    /// The coordinator said it is cut off from the cluster's store: it is sent through
+    /// only when no other coordinator answers.
+    #[serde(default)]
+    pub cut_off: bool,
 }
 
 /// One kernel step of a flip, named as in `status` and the logs.

@@ -188,7 +188,11 @@ fn registry(a: &mut Archive, reg: &Registry, hub: Option<&Hub>) -> anyhow::Resul
     let mut nodes = Vec::new();
     for n in reg.list_nodes()? {
         let mut v = serde_json::to_value(NodeView::from(&n))?;
-        v["epoch"] = reg.epoch(n.id).ok().into();
+        // Live, the election's epoch (under `--etcd` the registry's is not the cluster's).
+        v["epoch"] = hub
+            .and_then(|h| h.epoch(n.id))
+            .or_else(|| reg.epoch(n.id).ok())
+            .into();
         v["replicas_known"] = reg
             .replicas(n.id)?
             .iter()

@@ -108,6 +108,13 @@ impl Membership {
         }
     }
 
+    /// Whether this member has lost etcd: not registered, or no keep-alive answered for
+    /// [`meshgate_proto::CUT_OFF_AFTER_MS`]. Agents are told, and send elsewhere.
+    pub fn cut_off(&self) -> bool {
+        let age = now_ms().saturating_sub(self.renewed_ms.load(Relaxed));
+        self.lease.load(Relaxed) == 0 || age > meshgate_proto::CUT_OFF_AFTER_MS
+    }
+
     /// The member that etcd's election names now, if any.
     pub async fn decider(&self) -> Option<String> {
         let mut c = self.etcd.client();

@@ -72,6 +72,8 @@ fn a_promotion_leaves_only_once_its_epoch_is_durable() {
     let s = sends(&out);
     assert_eq!(welcome(&s[0].1), (Role::Active, 4));
     assert_eq!(c.durable_epoch(NODE), 4);
+    assert_eq!(c.epoch_of(NODE), Some(4), "what a live sysdump reports");
+    assert_eq!(c.epoch_of(Id::random()), None);
 }
 
 #[test]

@@ -116,6 +116,11 @@ impl Core {
         }
     }
 
+    /// A node's current epoch, if this coordinator holds an election for it.
+    pub fn epoch_of(&self, node: Id) -> Option<u64> {
+        self.node(node).map(NodeRef::epoch)
+    }
+
     /// The relay's inputs at `now`. Traffic for a node's routes goes to its active from
     /// the moment of promotion; a draining replica may still send until it is fenced.
     pub fn relay_view(&self, now: Instant) -> RelayView {

@@ -108,6 +108,25 @@ fn killing_the_etcd_leader_leaves_the_data_plane_alone() -> anyhow::Result<()> {
     run(&mut c).with_context(|| c.logs())
 }
 
+/// Whether coordinator `i`'s logs (of every run) say it lost its etcd membership.
+fn lost_membership(c: &Cluster, i: usize) -> anyhow::Result<bool> {
+    let prefix = format!("c{}-", i + 1);
+    for entry in std::fs::read_dir(c.sites.dir.path())? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with(&prefix)
+            && name.ends_with(".log")
+            && std::fs::read_to_string(&path)?.contains("lost the etcd membership lease")
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Which replicas report `active` now, with their epochs.
 fn actives(replicas: &[Participant]) -> Vec<(String, u64)> {
     replicas
@@ -202,6 +221,17 @@ fn a_coordinator_cut_off_from_etcd_and_peers_fences_before_a_promotion() -> anyh
             inbound.lost() + outbound.lost() < inbound.sent / 10,
             "traffic lost after the promotion"
         );
+
+        // The members on the majority side kept their registration throughout, even one
+        // whose etcd client had its keep-alive stream on the member that was cut off.
+        for i in (0..SITES).filter(|i| *i != k) {
+            ensure!(
+                !lost_membership(c, i)?,
+                "c{} lost its etcd membership though only c{} was cut off",
+                i + 1,
+                k + 1
+            );
+        }
 
         // Healed: the member rejoins, the old active connects to all again, as standby.
         heal(&c.sites.sites[k].ns)?;

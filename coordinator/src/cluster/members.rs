@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use super::{Member, keys};
 use crate::election::quorum::{ClusterEvent, KEEPALIVE_EVERY, MEMBER_TTL};
 use crate::store::Store as _;
-use crate::store::etcd::{Etcd, EtcdStore};
+use crate::store::etcd::{Etcd, EtcdStore, REQUEST_TIMEOUT};
 
 /// TTL of a member's lease, in etcd's whole seconds: a dead member leaves the token
 /// address lists, and stops counting in elections, this long after its death.
@@ -26,6 +26,9 @@ const MEMBER_TTL_S: i64 = MEMBER_TTL.as_secs() as i64;
 const RENEW_EVERY: Duration = KEEPALIVE_EVERY;
 /// How long to wait before registering again after losing the lease or etcd.
 const RETRY: Duration = Duration::from_millis(500);
+/// How long a keep-alive may stay unanswered before its stream moves to another endpoint:
+/// three renewals, well inside the TTL.
+const UNANSWERED: Duration = Duration::from_millis(1500);
 /// How long one endpoint may take to report its status.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -235,7 +238,7 @@ async fn keep_registered(
             etcd.clone(),
             events.clone(),
         ));
-        let lost = renew(&mut client, id, &renewed_ms, &events).await;
+        let lost = renew(&etcd, id, &renewed_ms, &events).await;
         campaign.abort();
         lease.store(0, Relaxed);
         tell(&events, ClusterEvent::Lost);
@@ -276,8 +279,15 @@ async fn register(
 /// why. Keep-alives go out every [`RENEW_EVERY`] without waiting for the previous answer
 /// (etcd answers them in order on one stream), and each answer tells the core when its
 /// request was sent: the member's fence counts from there.
-async fn renew(client: &mut Client, lease: i64, renewed_ms: &AtomicU64, events: &Events) -> String {
+///
+/// A stream that breaks, or leaves a keep-alive unanswered for [`UNANSWERED`], is opened
+/// again on the next endpoint, each in turn: the client's balanced channel does not check
+/// its endpoints' health, and may keep putting the stream on an etcd member that is cut
+/// off or gone until this member's own lease has run out.
+async fn renew(etcd: &Etcd, lease: i64, renewed_ms: &AtomicU64, events: &Events) -> String {
     let mut acked = Instant::now();
+    let mut client = etcd.client();
+    let mut next = 0;
     loop {
         let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
             Ok(k) => k,
@@ -299,6 +309,9 @@ async fn renew(client: &mut Client, lease: i64, renewed_ms: &AtomicU64, events: 
                     if acked.elapsed() >= MEMBER_TTL {
                         return "no keep-alive answered within the TTL".into();
                     }
+                    if sent.front().is_some_and(|t| t.elapsed() >= UNANSWERED) {
+                        break format!("a keep-alive unanswered for {UNANSWERED:?}");
+                    }
                     if let Err(e) = keeper.keep_alive().await {
                         break e.to_string();
                     }
@@ -319,7 +332,14 @@ async fn renew(client: &mut Client, lease: i64, renewed_ms: &AtomicU64, events: 
         };
         // The lease may well be alive (etcd lost its leader, a member died): open a new
         // stream; answers to what was sent on the old one are lost.
-        tracing::debug!(reason = %broke, "keep-alive stream broke; reopening");
+        let endpoints = etcd.endpoints();
+        let endpoint = endpoints[next % endpoints.len()].clone();
+        next += 1;
+        tracing::info!(reason = %broke, %endpoint, "etcd keep-alive stream broke; reopening on the next endpoint");
+        client = match Etcd::single(endpoint, REQUEST_TIMEOUT).await {
+            Ok(c) => c,
+            Err(_) => etcd.client(),
+        };
         tokio::time::sleep(RETRY.min(RENEW_EVERY)).await;
     }
 }

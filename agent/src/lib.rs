@@ -8,6 +8,7 @@ pub mod garp;
 pub mod health;
 pub mod leftovers;
 pub mod link_watch;
+pub mod logship;
 pub mod mss;
 pub mod netlink;
 pub mod policy;

@@ -3,8 +3,10 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use meshgate_agent::{config::RunArgs, leftovers, runtime, state_dir, status};
-use tracing_subscriber::EnvFilter;
+use meshgate_agent::{config::RunArgs, leftovers, logship, runtime, state_dir, status};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 #[derive(Parser)]
 #[command(
@@ -52,12 +54,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("MESHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+    // stderr follows MESHGATE_LOG; the coordinators get warnings, errors and flips
+    // whatever it says (the shipping layer has its own filter).
+    let (ship, outbox) = logship::channel();
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(
+            EnvFilter::try_from_env("MESHGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        );
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(ship.filtered())
         .init();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -73,7 +81,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Run(args) => runtime::run(args).await,
+            Command::Run(args) => runtime::run(args, outbox).await,
             Command::Cleanup => leftovers::remove().await,
             Command::Status {
                 json,

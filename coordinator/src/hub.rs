@@ -27,6 +27,8 @@ use crate::relay::{Errors, Table};
 
 mod epochs;
 mod events;
+mod log_link;
+pub mod logbook;
 mod policy_link;
 pub mod tasks;
 pub use crate::core::ReplicaView;
@@ -55,6 +57,8 @@ pub struct Hub {
     pub metrics: Metrics,
     /// Recent election events per node.
     pub events: EventLog,
+    /// Recent log records of each node's replicas ([`logbook`]).
+    logs: Mutex<logbook::LogBook>,
     /// Network policies: the book, agents' counters, the change signal.
     pub policy: crate::policy::Engine,
     colo: String,
@@ -109,6 +113,7 @@ impl Hub {
             registry,
             metrics: Metrics::default(),
             events: EventLog::default(),
+            logs: Mutex::default(),
             policy: crate::policy::Engine::default(),
             colo,
             state: Mutex::new(State {

@@ -326,6 +326,7 @@ async fn control_loop(hub: &Hub, conn_id: u64, recv: &mut quinn::RecvStream) -> 
                 hub.input(Input::HandoverRequested { session: conn_id });
             }
             Some(AgentMsg::FilterCounters(c)) => hub.policy_counters(conn_id, &c),
+            Some(AgentMsg::Logs(batch)) => hub.agent_logs(conn_id, batch),
             Some(AgentMsg::Goodbye) | None => return Ok(()),
             Some(AgentMsg::Hello(_)) => anyhow::bail!("second Hello on one connection"),
         }

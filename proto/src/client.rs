@@ -27,6 +27,9 @@ use crate::pin::PinnedCertVerifier;
 use crate::routes::Assembler;
 use crate::stream::{StreamError, read_frame, write_frame};
 use crate::token::{Token, TokenError};
+use tasks::{heartbeats, reader, writer};
+
+mod tasks;
 
 /// TLS server name the client asks for; irrelevant to verification (the pin decides),
 /// but the coordinator's certificate carries it.
@@ -115,9 +118,9 @@ pub struct Status {
     pub closed: Option<String>,
 }
 
-struct Shared {
-    status: watch::Sender<Status>,
-    lease: LeaseTracker,
+pub(crate) struct Shared {
+    pub(crate) status: watch::Sender<Status>,
+    pub(crate) lease: LeaseTracker,
 }
 
 /// A registered connection to the coordinator. Dropping it closes the connection.
@@ -132,7 +135,7 @@ pub struct Session {
     tasks: Vec<JoinHandle<()>>,
 }
 
-fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+pub(crate) fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     // A panic in one of our tasks must not take the agent's fencing down with it.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -362,6 +365,11 @@ impl Control {
         let _ = self.ctl.send(AgentMsg::FilterCounters(counters));
     }
 
+    /// Sends a batch of the agent's own log records (see [`crate::logs`]).
+    pub fn send_logs(&self, batch: crate::logs::LogBatch) {
+        let _ = self.ctl.send(AgentMsg::Logs(batch));
+    }
+
     /// Say goodbye: the agent is leaving on purpose (the session closes when dropped).
     pub fn goodbye(&self) {
         let _ = self.ctl.send(AgentMsg::Goodbye);
@@ -397,108 +405,4 @@ pub fn client_config(fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, Clien
     crate::socket::tunnel_transport(&mut transport);
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
-}
-
-async fn writer(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<AgentMsg>) {
-    while let Some(msg) = rx.recv().await {
-        if let Err(e) = write_frame(&mut send, &msg).await {
-            tracing::debug!(error = %e, "control stream write failed");
-            return;
-        }
-    }
-}
-
-async fn heartbeats(
-    every: Duration,
-    shared: Arc<Mutex<Shared>>,
-    ctl: mpsc::UnboundedSender<AgentMsg>,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for seq in 1u64.. {
-        tick.tick().await;
-        // Record the send time before sending: the lease counts from the earlier instant.
-        lock(&shared).lease.sent(seq, Instant::now());
-        if ctl.send(AgentMsg::Heartbeat { seq }).is_err() {
-            return;
-        }
-    }
-}
-
-async fn reader(
-    mut recv: quinn::RecvStream,
-    early: Vec<CoordMsg>,
-    mut assembler: Assembler,
-    shared: Arc<Mutex<Shared>>,
-    events: mpsc::UnboundedSender<CoordMsg>,
-) {
-    let mut early = early.into_iter();
-    let closed = loop {
-        let msg = match early.next() {
-            Some(m) => m,
-            None => match read_frame::<CoordMsg>(&mut recv).await {
-                Ok(Some(m)) => m,
-                Ok(None) => break "coordinator closed the control stream".to_string(),
-                Err(e) => break e.to_string(),
-            },
-        };
-        let mut s = lock(&shared);
-        let Shared { status, lease } = &mut *s;
-        match &msg {
-            CoordMsg::LeaseGrant {
-                epoch,
-                valid_for_ms,
-                seq,
-            } => {
-                lease.grant(*epoch, *seq, Duration::from_millis((*valid_for_ms).into()));
-                let deadline = lease.deadline();
-                status.send_if_modified(|st| {
-                    let changed = st.lease_deadline != deadline;
-                    st.lease_deadline = deadline;
-                    changed
-                });
-                continue;
-            }
-            CoordMsg::RoleChange {
-                role,
-                epoch,
-                active,
-            } => {
-                lease.set_epoch((*role == Role::Active).then_some(*epoch));
-                let deadline = lease.deadline();
-                status.send_modify(|st| {
-                    st.role = *role;
-                    st.epoch = *epoch;
-                    st.active = *active;
-                    st.lease_deadline = deadline;
-                });
-            }
-            CoordMsg::Routes(part) => {
-                if let Some(table) = assembler.push(part.clone()) {
-                    status.send_if_modified(|st| {
-                        let newer = table.version > st.routes.version;
-                        if newer {
-                            st.routes = table;
-                        }
-                        newer
-                    });
-                }
-                // The table is in the status; parts are no event of their own.
-                continue;
-            }
-            CoordMsg::HandoverDone { epoch } => status.send_modify(|st| st.epoch = *epoch),
-            CoordMsg::Refused { .. }
-            | CoordMsg::Welcome(_)
-            | CoordMsg::Filter(_)
-            | CoordMsg::Members(_) => {}
-        }
-        drop(s);
-        let _ = events.send(msg);
-    };
-    let mut s = lock(&shared);
-    s.lease.set_epoch(None);
-    s.status.send_modify(|st| {
-        st.lease_deadline = None;
-        st.closed = Some(closed);
-    });
 }

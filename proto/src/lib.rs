@@ -26,7 +26,9 @@
 //! 6. agent → [`AgentMsg::Goodbye`] before closing on purpose;
 //! 7. coordinator → [`CoordMsg::Filter`] (the participant's network-policy filter, in
 //!    chunks) after registration and whenever it changes; agent →
-//!    [`AgentMsg::FilterCounters`] every few seconds while one is in force.
+//!    [`AgentMsg::FilterCounters`] every few seconds while one is in force;
+//! 8. agent → [`AgentMsg::Logs`]: its own warnings, errors and role flips, in small
+//!    batches at most twice a second ([`logs`]), for the coordinator's per-node history.
 //!
 //! A malformed frame closes that one connection. Lease arithmetic — and why at most one
 //! replica forwards — is in [`lease`].
@@ -41,6 +43,7 @@ pub mod datagram;
 pub mod frame;
 pub mod id;
 pub mod lease;
+pub mod logs;
 pub mod messages;
 pub mod routes;
 pub mod token;
@@ -55,6 +58,7 @@ pub mod socket;
 pub mod stream;
 
 pub use id::Id;
+pub use logs::{LogBatch, LogLevel, LogRecord};
 pub use messages::*;
 pub use routes::RoutesPart;
 pub use token::{Kind, SecretText, Token, TokenError};

@@ -7,6 +7,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::id::Id;
+use crate::logs::LogBatch;
 use crate::routes::RoutesPart;
 use crate::token::Kind;
 
@@ -44,6 +45,11 @@ pub enum AgentMsg {
     /// Packet counters of the network-policy filter this agent enforces, cumulative
     /// since the agent started; sent every few seconds while a filter is installed.
     FilterCounters(FilterCounters),
+    /// The agent's own recent warnings, errors and role flips, oldest first; at most one
+    /// batch per [`crate::logs::BATCH_EVERY_MS`], each bounded (see [`crate::logs`]).
+    /// A coordinator built before this message existed takes it for a malformed frame
+    /// and closes the connection (as with `FilterCounters`): upgrade coordinators first.
+    Logs(LogBatch),
 }
 
 /// Registration: the first message an agent sends. Its `Debug` leaves the token out.

@@ -29,6 +29,7 @@ use tracing::{info, warn};
 use crate::{
     config::RunArgs,
     failover::{Action, Event, Failover, Forwarding, Mode},
+    logship::FLIP_TARGET,
     state_dir,
     status::{self, ConnState, StatusReport},
 };
@@ -40,8 +41,9 @@ use sessions::Conn;
 use uplink::{LinkId, Selector, Uplink};
 
 /// Runs the agent until SIGTERM/SIGINT (after a drain) or a fatal error; removes what it
-/// added to the kernel on every exit path.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// added to the kernel on every exit path. A node replica sends what lands in `logs` to
+/// its coordinators.
+pub async fn run(args: RunArgs, logs: crate::logship::Outbox) -> anyhow::Result<()> {
     let token = args.token()?;
     let mode = match token.kind {
         Kind::Node => Mode::Node,
@@ -49,9 +51,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let replica_id = state_dir::replica_id(&args.state_dir)?;
     let mut plumbing = Plumbing::setup(&args, mode, &token).await?;
-    let result = Agent::new(&args, token, mode, replica_id, &plumbing)
-        .supervise(&mut plumbing)
-        .await;
+    let mut agent = Agent::new(&args, token, mode, replica_id, &plumbing);
+    // Combined logs are per node: a device's records would have no reader.
+    agent.logs = (mode == Mode::Node).then_some(logs);
+    let result = agent.supervise(&mut plumbing).await;
     plumbing.cleanup().await;
     crate::policy_task::Enforcer::remove();
     result
@@ -98,6 +101,8 @@ struct Agent {
     outbound: Option<pump::Pump>,
     gate: Option<pump::Gate>,
     heartbeat: Duration,
+    /// The agent's own warnings, errors and flips, waiting to go to the coordinators.
+    logs: Option<crate::logship::Outbox>,
 }
 
 impl Agent {
@@ -153,6 +158,7 @@ impl Agent {
             outbound: None,
             gate: None,
             heartbeat,
+            logs: None,
         }
     }
 
@@ -182,6 +188,8 @@ impl Agent {
         pick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut filter_report = tokio::time::interval(FILTER_REPORT_EVERY);
         let mut path_check = tokio::time::interval(PATH_MTU_CHECK_EVERY);
+        let mut log_batch = tokio::time::interval(LOG_BATCH_EVERY);
+        log_batch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
                 .core
@@ -225,6 +233,7 @@ impl Agent {
                 }
                 _ = sleep_until_opt(drain_poll) => {}
                 _ = path_check.tick() => self.follow_path_mtu(plumbing)?,
+                _ = log_batch.tick() => self.ship_logs(),
                 _ = filter_report.tick() => if let Some(c) = self.policy.report() {
                     for conn in self.conns.values() {
                         conn.control.report_filter_counters(c.clone());
@@ -241,6 +250,8 @@ impl Agent {
                 break;
             }
         }
+        // What the drain itself logged (the flip to standby) goes before the Goodbye.
+        self.ship_logs();
         for conn in self.conns.values() {
             conn.control.goodbye();
         }
@@ -255,7 +266,7 @@ impl Agent {
         let actions = self.core.handle(Instant::now(), event);
         for action in &actions {
             if let Action::RequestHandover(reason) = action {
-                info!(?reason, "asking the coordinators for handover");
+                info!(target: FLIP_TARGET, ?reason, "asking the coordinators for handover");
                 for conn in self.conns.values() {
                     conn.control.request_handover(*reason);
                 }
@@ -283,6 +294,25 @@ impl Agent {
             r.last_flip = flip;
         }
         Ok(())
+    }
+
+    /// Sends the next batch of the agent's own log records on every live session. Every
+    /// one, not only the primary: with a coordinator cluster each member keeps its own
+    /// copy in memory (nothing about logs goes through etcd), so the API of whichever
+    /// member an operator asks shows the node's whole log, and a coordinator's death
+    /// loses nothing the others have. A batch is small (at most 32 records, 2 a second),
+    /// so sending it up to `--max-coordinators` times costs little. With no session the
+    /// records wait in the bounded queue.
+    fn ship_logs(&mut self) {
+        if self.conns.is_empty() {
+            return;
+        }
+        let Some(batch) = self.logs.as_mut().and_then(|o| o.next_batch()) else {
+            return;
+        };
+        for conn in self.conns.values() {
+            conn.control.send_logs(batch.clone());
+        }
     }
 
     /// Fenced because it could not serve (link down, health targets silent; nothing else
@@ -325,6 +355,9 @@ impl Agent {
 /// discovery raises within the first few hundred milliseconds of a connection (and black
 /// hole detection may lower).
 const PATH_MTU_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// How often a batch of the agent's own log records goes to the coordinators.
+const LOG_BATCH_EVERY: Duration = Duration::from_millis(meshgate_proto::logs::BATCH_EVERY_MS);
 
 /// How often the policy filter's counters go to the coordinator.
 const FILTER_REPORT_EVERY: Duration = Duration::from_secs(3);

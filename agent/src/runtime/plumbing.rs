@@ -271,7 +271,7 @@ impl Plumbing {
             return Ok(None);
         };
         let duration_us = micros(started.elapsed());
-        info!(epoch, to = ?to, duration_us, steps = ?steps, "flip applied");
+        info!(target: crate::logship::FLIP_TARGET, epoch, to = ?to, duration_us, steps = ?steps, "flip applied");
         Ok(Some(Flip {
             to,
             epoch,

@@ -56,7 +56,9 @@ impl Agent {
         match event {
             LinkEvent::Up(up) => self.up(links, plumbing, id, *up).await?,
             LinkEvent::Status(s) => self.feed_status(plumbing, id, &s).await?,
-            LinkEvent::Msg(CoordMsg::HandoverDone { epoch }) => info!(epoch, "handover done"),
+            LinkEvent::Msg(CoordMsg::HandoverDone { epoch }) => {
+                info!(target: crate::logship::FLIP_TARGET, epoch, "handover done")
+            }
             LinkEvent::Msg(CoordMsg::Filter(f)) => self.policy.receive(*f),
             LinkEvent::Msg(CoordMsg::Members(m)) => {
                 if let Some(c) = self.conns.get_mut(&id) {

@@ -16,7 +16,7 @@ use super::{Api, ApiError};
 
 /// Optional endpoints the console may use (`logs`: per-node replica logs, `cluster`:
 /// `GET /api/v1/cluster`).
-const FEATURES: &[&str] = &["cluster"];
+const FEATURES: &[&str] = &["cluster", "logs"];
 
 #[utoipa::path(get, path = "/api/v1/map", tag = "console", security(("bearer" = [])),
     responses((status = 200, description = "The whole network", body = Envelope<NetworkMap>), Denied))]

@@ -4,6 +4,7 @@
 
 mod cluster;
 mod handlers;
+mod logs;
 mod map;
 mod openapi;
 mod policies;
@@ -134,6 +135,7 @@ fn documented(api: Option<&Arc<Api>>) -> OpenApiRouter<Arc<Api>> {
         .merge(policies::routes())
         .merge(cluster::routes())
         .merge(map::routes())
+        .merge(logs::routes())
         .merge(sysdump::routes());
     if let Some(api) = api {
         protected = protected.layer(middleware::from_fn_with_state(api.clone(), auth));

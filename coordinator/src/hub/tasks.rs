@@ -156,6 +156,7 @@ impl Routes {
                         if let Some(id) = deleted {
                             hub.input(Input::Deleted(id));
                             hub.events.forget(id);
+                            hub.forget_logs(id);
                         }
                     }
                     Err(RecvError::Lagged(n)) => {
@@ -195,6 +196,7 @@ impl Routes {
                 for id in gone {
                     hub.input(Input::Deleted(id));
                     hub.events.forget(id);
+                    hub.forget_logs(id);
                 }
                 true
             }

@@ -16,6 +16,7 @@ const state = {
   logs: null,
   selected: null,
   replicaFilter: '',
+  knownReplicas: new Set(),
   lastOk: 0,
   lastError: '',
   timer: null,
@@ -243,29 +244,53 @@ function timeline(node) {
     e.after_expiry_ms !== undefined ? h('span.muted', {}, `${e.after_expiry_ms} ms after the lease expired`) : null)));
 }
 
+// Every replica id the node's logs, events or connections ever named, so the filter
+// still offers a replica that has gone (a killed active) after choosing another one.
+function knownReplicas(node) {
+  const known = state.knownReplicas;
+  for (const id of [...(node.replicas || []).map((r) => r.id), ...(node.events || []).map((e) => e.replica),
+    ...(state.logs || []).map((l) => l.replica), state.replicaFilter]) {
+    if (id) known.add(id);
+  }
+  return [...known].sort();
+}
+
+const FLIP_TARGET = 'meshgate_agent::flip';
+
+function logLine(l) {
+  const level = String(l.level).toLowerCase();
+  const flip = l.target === FLIP_TARGET;
+  return h(`li.lvl-${level}${flip ? '.flip' : ''}`, { dataset: { replica: l.replica, seq: l.seq, level } },
+    h('time', { datetime: new Date(l.at_unix_us / 1000).toISOString(), title: `received ${clock(l.received_unix_us / 1000)}` }, clock(l.at_unix_us / 1000)),
+    h('span.lvl', {}, flip ? 'flip' : level),
+    h('span.rep', { title: l.replica }, short(l.replica)),
+    h('span.msg', { title: l.target }, l.message));
+}
+
 function logView(node) {
   if (!state.features.includes('logs')) return null;
-  const ids = new Set([...(node.replicas || []).map((r) => r.id), ...(state.logs || []).map((l) => l.replica)]);
+  const ids = knownReplicas(node);
   const filter = h('select', {
     id: 'replica-filter', dataset: { focusKey: 'replica-filter' },
     onchange: (ev) => { state.replicaFilter = ev.target.value; state.logs = null; render(); poll(); },
-  }, h('option', { value: '' }, 'all replicas'),
-  [...ids].sort().map((id) => h('option', { value: id, selected: id === state.replicaFilter }, short(id))));
+  }, h('option', { value: '', selected: !state.replicaFilter }, 'all replicas'),
+  ids.map((id) => h('option', { value: id, selected: id === state.replicaFilter }, short(id))));
   const lines = (state.logs || []).slice(-LOG_LIMIT).reverse();
+  const whose = state.replicaFilter ? `replica ${short(state.replicaFilter)}` : 'all replicas';
   return [
-    h('div.logbar', {}, h('h3', {}, 'Combined replica logs'), h('label', { for: 'replica-filter' }, 'Replica'), filter),
+    h('div.logbar', {}, h('h3', { id: 'h-logs' }, 'Combined replica logs'), h('label', { for: 'replica-filter' }, 'Replica'), filter),
     lines.length
-      ? h('ol.logs.mono', { 'aria-label': 'Replica logs, newest first' }, lines.map((l) => h(`li.lvl-${String(l.level).toLowerCase()}`, { dataset: { replica: l.replica } },
-        h('time', {}, clock(l.at_unix_us / 1000)), h('span.lvl', {}, l.level), h('span.rep', { title: l.replica }, short(l.replica)), h('span.msg', {}, l.message))))
-      : h('p.empty', {}, state.logs ? 'No log records.' : 'Loading…'),
+      ? h('ol.logs.mono', { 'aria-label': `Logs of ${whose}, newest first`, tabindex: 0, dataset: { focusKey: 'logs' } }, lines.map(logLine))
+      : h('p.empty', {}, state.logs ? `No warnings, errors or flips from ${whose} yet.` : 'Loading…'),
   ];
 }
 
 function detail(map) {
   const node = map.nodes.find((n) => n.id === state.selected);
-  $('h-detail').textContent = node ? `${node.name}: election events` : 'Node';
+  $('h-detail').textContent = node ? `${node.name}: events & logs` : 'Node';
   if (!node) return h('p.empty', {}, 'Choose “Events & logs” on a node.');
-  return [timeline(node), logView(node)];
+  // logView gives a list (or nothing): redraw flattens one level only.
+  return [timeline(node), ...(logView(node) || [])];
 }
 
 // ---- the loop --------------------------------------------------------------------
@@ -307,13 +332,18 @@ async function poll() {
     if (!state.selected || !map.nodes.some((n) => n.id === state.selected)) {
       const first = map.nodes.find((n) => n.ha) || map.nodes[0];
       state.selected = first ? first.id : null;
+      state.knownReplicas = new Set();
     }
+    let logs = state.logs;
+    const asked = [state.selected, state.replicaFilter].join('/');
     if (state.selected && state.features.includes('logs')) {
       const q = new URLSearchParams({ limit: String(LOG_LIMIT) });
       if (state.replicaFilter) q.set('replica', state.replicaFilter);
-      state.logs = await api(`/api/v1/nodes/${encodeURIComponent(state.selected)}/logs?${q}`);
+      logs = await api(`/api/v1/nodes/${encodeURIComponent(state.selected)}/logs?${q}`);
     }
     if (generation !== state.generation) return;
+    // A filter changed while this poll was out: its answer is for the old choice.
+    if (asked === [state.selected, state.replicaFilter].join('/')) state.logs = logs;
     Object.assign(state, { map, stats, lastOk: Date.now(), lastError: '' });
     render();
   } catch (e) {
@@ -325,6 +355,8 @@ async function poll() {
     state.lastError = e.message;
     live();
   }
+  // A poll started by a click may overlap the timed one: keep a single loop.
+  clearTimeout(state.timer);
   state.timer = setTimeout(poll, POLL_MS);
 }
 
@@ -332,6 +364,7 @@ function select(id) {
   state.selected = id;
   state.logs = null;
   state.replicaFilter = '';
+  state.knownReplicas = new Set();
   render();
   poll();
 }

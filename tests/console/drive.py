@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Drives the meshgate console in Debian's headless Chromium (Selenium + chromedriver).
 
+Besides the map and the failover it checks the combined replica logs: both replicas'
+flip records appear, and the replica filter (keyboard only) narrows them to one.
+
 Started by tests/tests/console_browser.rs inside the coordinator's network namespace.
 It talks to the Rust test through files in DIR, so the test can kill the active replica
 while the page stays open:
@@ -83,6 +86,51 @@ def press(driver, key):
     ActionChains(driver).send_keys(key).perform()
 
 
+# Agents send their log records every 500 ms; the console polls every second.
+LOGS_TIMEOUT_S = 10
+
+
+def flip_line(replica):
+    return f'#detail ol.logs li.flip[data-replica="{replica}"]'
+
+
+def log_replicas(driver):
+    """The replica of every log line the panel shows, top to bottom."""
+    return js(driver, "return [...document.querySelectorAll('#detail ol.logs li')].map((l) => l.dataset.replica);")
+
+
+def choose_replica(driver, replica):
+    """Tab to the replica filter and pick `replica` with the arrow keys."""
+    for _ in range(40):
+        if focus_key(driver) == "replica-filter":
+            break
+        press(driver, Keys.TAB)
+    else:
+        raise AssertionError("the logs' replica filter is not reachable with Tab")
+    for key in (Keys.HOME, *[Keys.ARROW_DOWN] * 20):
+        if js(driver, "return document.activeElement.value;") == replica:
+            return
+        press(driver, key)
+    raise AssertionError(f"the replica filter does not offer {replica}")
+
+
+def filter_logs(driver, after, before, shots):
+    """The filter narrows the panel to one replica, each way, and back to all."""
+    everything = log_replicas(driver)
+    assert {after, before} <= set(everything), f"both replicas' lines expected: {everything}"
+    for replica in (after, before):
+        choose_replica(driver, replica)
+
+        def narrowed(d, replica=replica):
+            shown = log_replicas(d)
+            return shown and set(shown) == {replica} and count(d, flip_line(replica)) > 0
+
+        wait(driver, 10).until(narrowed)
+    driver.save_screenshot(os.path.join(shots, "console-logs-filtered.png"))
+    choose_replica(driver, "")
+    wait(driver, 10).until(lambda d: {after, before} <= set(log_replicas(d)))
+
+
 def wait(driver, timeout, poll=0.1):
     return WebDriverWait(driver, timeout, poll_frequency=poll, ignored_exceptions=(StaleElementReferenceException,))
 
@@ -147,6 +195,8 @@ def drive(driver, url, workdir, token, shots, result):
         raise AssertionError("the node's Events & logs button is not reachable with Tab")
     press(driver, Keys.ENTER)
     wait(driver, 10).until(lambda d: count(d, '#detail li[data-event="registered"]') > 0)
+    # The combined logs: the active replica's flip record, sent by its agent.
+    wait(driver, LOGS_TIMEOUT_S).until(lambda d: count(d, flip_line(before)) > 0)
 
     # A marker that a reload would wipe: the promotion must appear without one.
     js(driver, "window.__meshgateNoReload = 42;")
@@ -168,6 +218,12 @@ def drive(driver, url, workdir, token, shots, result):
     failovers = "return document.querySelector('[data-counter=\"Failovers\"] .value').innerText;"
     wait(driver, 5).until(lambda d: js(d, failovers) not in ("", "0"))
     result.update(before=before, after=after, epoch_before=epoch, epoch_after=new_epoch)
+
+    # The successor's flip joins the combined logs live, next to the killed replica's.
+    wait(driver, LOGS_TIMEOUT_S).until(lambda d: count(d, flip_line(after)) > 0)
+    assert count(driver, flip_line(before)) > 0, "the killed replica's flip left the logs"
+    result["log_replicas"] = log_replicas(driver)
+    filter_logs(driver, after, before, shots)
     time.sleep(1.2)  # one more poll, so the screenshot shows the settled map
     driver.save_screenshot(os.path.join(shots, "console-failover.png"))
 

@@ -1,7 +1,8 @@
 //! The web console in a real headless Chromium: sign in with the admin token, see the HA
 //! node's replicas, the device and the route on the map, kill the active replica and see
-//! the standby's promotion (and the timeline's `promoted` event) without a reload, and no
-//! errors in the browser console. `tests/console/drive.py` drives the browser (Selenium
+//! the standby's promotion (and the timeline's `promoted` event) without a reload, see
+//! both replicas' flip records in the node's combined logs and narrow them to one
+//! replica with the filter, and no errors in the browser console. `tests/console/drive.py` drives the browser (Selenium
 //! and Debian's chromedriver, which `cargo xtask setup` installs); this test builds the
 //! topology and does the killing.
 
@@ -103,5 +104,21 @@ fn console_shows_the_map_and_a_failover_live() -> anyhow::Result<()> {
         driver.log()
     );
     anyhow::ensure!(result["after"] == ha.replicas[1 - i].replica_id.as_deref().unwrap_or(""));
+    // The panel showed lines of both replicas, as the agents sent them (the driver also
+    // checked that the filter narrows them to each one).
+    let shown: Vec<&str> = result["log_replicas"]
+        .as_array()
+        .context("no log lines in the verdict")?
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    for r in &ha.replicas {
+        let id = r.replica_id.as_deref().context("a replica without id")?;
+        anyhow::ensure!(
+            shown.contains(&id),
+            "replica {}'s logs are not in the panel: {shown:?}",
+            r.name
+        );
+    }
     Ok(())
 }

@@ -210,6 +210,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// Waits until every agent holds a session with every coordinator.
+    pub fn wait_all_connected(&self) -> anyhow::Result<()> {
+        let all: Vec<String> = (1..=SITES).map(|i| format!("c{i}")).collect();
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        for p in self.devices.iter().chain(self.node()?.replicas.iter()) {
+            p.wait_conns(&all)?;
+        }
+        Ok(())
+    }
+
+    /// A device `laptop` and a two-replica node, every agent connected to every
+    /// coordinator and the LAN reachable from the device; returns the device's index.
+    pub fn laptop_and_node(&mut self) -> anyhow::Result<usize> {
+        let d = self.add_device("laptop")?;
+        self.add_node(2)?;
+        self.wait_all_connected()?;
+        self.wait_lan(d)?;
+        Ok(d)
+    }
+
     /// The node; fails if [`Cluster::add_node`] was not called.
     pub fn node(&self) -> anyhow::Result<&Node> {
         self.node.as_ref().context("no node in this cluster")

@@ -18,7 +18,6 @@ use meshgate_tests::probe::Probe;
 use meshgate_tests::require_root;
 
 const ROW: u8 = 1;
-const ALL: [&str; 3] = ["c1", "c2", "c3"];
 const REPRODUCE: &str = "cargo xtask bench (or, as root after a release build: \
     MESHGATE_BIN_DIR=$PWD/target/release cargo test --release -p meshgate-tests \
     --test bench_cluster -- --ignored bench_ --test-threads=1 --nocapture)";
@@ -27,14 +26,6 @@ const TARGET_MS: f64 = 300.0;
 /// Probes run this long after the kill: past any move to another coordinator.
 const AFTER: Duration = Duration::from_millis(2500);
 
-/// Every agent connected to every coordinator.
-fn settled(c: &Cluster) -> anyhow::Result<()> {
-    for p in c.devices.iter().chain(c.node()?.replicas.iter()) {
-        p.wait_conns(&ALL)?;
-    }
-    Ok(())
-}
-
 #[test]
 #[ignore = "benchmark, needs root: run by cargo xtask bench"]
 fn bench_cluster_coordinator_kill9() -> anyhow::Result<()> {
@@ -42,10 +33,7 @@ fn bench_cluster_coordinator_kill9() -> anyhow::Result<()> {
     let mut c = Cluster::start()?;
     let trials = bench::repeats(20);
     let run = |c: &mut Cluster| -> anyhow::Result<Vec<[Duration; 2]>> {
-        let d = c.add_device("laptop")?;
-        c.add_node(2)?;
-        settled(c)?;
-        c.wait_lan(d)?;
+        let d = c.laptop_and_node()?;
         let (active, epoch) = c.active()?;
         let mut runs = Vec::new();
         for trial in 0..trials {
@@ -86,7 +74,7 @@ fn bench_cluster_coordinator_kill9() -> anyhow::Result<()> {
             );
             runs.push(pair);
             c.sites.start_coordinator(site)?;
-            settled(c)?;
+            c.wait_all_connected()?;
         }
         Ok(runs)
     };

@@ -87,13 +87,7 @@ fn an_active_replica_keeps_serving_when_the_coordinator_carrying_it_dies() -> an
     require_root()?;
     let mut c = Cluster::start()?;
     let run = |c: &mut Cluster| -> anyhow::Result<()> {
-        let d = c.add_device("laptop")?;
-        c.add_node(2)?;
-        c.devices[d].wait_conns(&ALL)?;
-        for r in &c.node()?.replicas {
-            r.wait_conns(&ALL)?;
-        }
-        c.wait_lan(d)?;
+        let d = c.laptop_and_node()?;
         let (active, epoch) = c.active()?;
         let node = c.node()?;
         let replica = node.replicas[active].name.clone();

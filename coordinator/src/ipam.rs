@@ -55,6 +55,17 @@ impl Ipam {
         (lo..=hi).contains(&u32::from(ip))
     }
 
+    /// Every assignable address once, starting after `cursor` and wrapping; from the
+    /// start of the range when there is no cursor (or it lies outside the range).
+    pub fn candidates(&self, cursor: Option<Ipv4Addr>) -> impl Iterator<Item = Ipv4Addr> {
+        let (lo, hi) = self.bounds();
+        let start = cursor
+            .map(u32::from)
+            .filter(|c| (lo..=hi).contains(c))
+            .map_or(lo, |c| if c == hi { lo } else { c + 1 });
+        (start..=hi).chain(lo..start).map(Ipv4Addr::from)
+    }
+
     /// The first free address after `cursor` (wrapping), where `used` says which are
     /// taken.
     pub fn next_free(
@@ -62,14 +73,7 @@ impl Ipam {
         cursor: Option<Ipv4Addr>,
         used: impl Fn(Ipv4Addr) -> bool,
     ) -> Result<Ipv4Addr, IpamError> {
-        let (lo, hi) = self.bounds();
-        let start = cursor
-            .map(u32::from)
-            .filter(|c| (lo..=hi).contains(c))
-            .map_or(lo, |c| if c == hi { lo } else { c + 1 });
-        let candidates = (start..=hi).chain(lo..start);
-        candidates
-            .map(Ipv4Addr::from)
+        self.candidates(cursor)
             .find(|ip| !used(*ip))
             .ok_or(IpamError::Exhausted(self.cidr))
     }
@@ -118,6 +122,19 @@ mod tests {
             .next_free(Some(Ipv4Addr::new(100, 96, 0, 2)), |ip| used.contains(&ip))
             .unwrap();
         assert_eq!(ip, Ipv4Addr::new(100, 96, 0, 3));
+    }
+
+    #[test]
+    fn candidates_visit_every_host_address_once_from_the_cursor() {
+        let ipam = Ipam::new(net("100.96.0.0/29")).unwrap();
+        let last = |c: Option<Ipv4Addr>| -> Vec<u8> {
+            ipam.candidates(c).map(|ip| ip.octets()[3]).collect()
+        };
+        assert_eq!(last(None), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(last(Some(Ipv4Addr::new(100, 96, 0, 4))), [5, 6, 1, 2, 3, 4]);
+        assert_eq!(last(Some(Ipv4Addr::new(100, 96, 0, 6))), [1, 2, 3, 4, 5, 6]);
+        // A cursor from another range (the mesh was renumbered) starts at the bottom.
+        assert_eq!(last(Some(Ipv4Addr::new(10, 0, 0, 9))), [1, 2, 3, 4, 5, 6]);
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //! lets the API show a node's token again (as the contract requires) while a copy of the
 //! store alone — or a future shared etcd — reveals no usable token.
 //!
-//! Mutations are serialised by one mutex: the coordinator is a single writer, and the
-//! store's compare guards catch anything that slipped past it.
+//! Mutations are serialised by one mutex within a process; members of a cluster share
+//! the store, so every write that must not race (an address, a new record) is guarded by
+//! the store's compares, and a lost race is retried or reported (see `alloc`).
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::ipam::{Ipam, IpamError};
 use crate::routes::RouteError;
 use crate::store::{Compare, Op, Store, StoreError};
+use alloc::Allocated;
 
 /// A node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -330,19 +332,24 @@ impl Registry {
             )));
         }
         let id = Id::random();
-        let (ip, mut ops) = self.allocate(&format!("device/{id}"))?;
-        let dev = DeviceRecord {
+        let key = format!("devices/{id}");
+        let dev = |mesh_ip| DeviceRecord {
             id,
             name: name.to_owned(),
-            mesh_ip: ip,
+            mesh_ip,
             created_at: now_rfc3339(),
             token_hash: hash_secret(&self.secret(id)),
-            tags,
+            tags: tags.clone(),
         };
-        ops.push(Op::put(format!("devices/{id}"), json(&dev)));
-        self.store
-            .txn(&[Compare::Absent(format!("ipam/{ip}"))], &ops)?;
-        Ok(dev)
+        let guards = [Compare::Absent(key.clone())];
+        match self.allocate_with(&format!("device/{id}"), &guards, |ip| {
+            vec![Op::put(key.clone(), json(&dev(ip)))]
+        })? {
+            Allocated::New(ip) => Ok(dev(ip)),
+            Allocated::Guarded => Err(RegistryError::Conflict(format!(
+                "device id {id} was taken concurrently; try again"
+            ))),
+        }
     }
 
     /// All devices.
@@ -391,27 +398,6 @@ impl Registry {
         Ok(d)
     }
 
-    /// Pick the next free address; returns the ops that record it.
-    fn allocate(&self, owner: &str) -> R<(Ipv4Addr, Vec<Op>)> {
-        let used: std::collections::HashSet<String> = self
-            .store
-            .range("ipam/")?
-            .into_iter()
-            .map(|kv| kv.key["ipam/".len()..].to_owned())
-            .collect();
-        let cursor: Option<Ipv4Addr> = self.get("meta/ipam_cursor")?;
-        let ip = self
-            .ipam
-            .next_free(cursor, |ip| used.contains(&ip.to_string()))?;
-        Ok((
-            ip,
-            vec![
-                Op::put(format!("ipam/{ip}"), owner),
-                Op::put("meta/ipam_cursor", json(&ip)),
-            ],
-        ))
-    }
-
     /// The Mesh IP of a node replica, allocated on first sight and stable after.
     pub fn replica_ip(&self, node: Id, replica_id: &str) -> R<Ipv4Addr> {
         let key = format!("replicas/{node}/{replica_id}");
@@ -425,19 +411,23 @@ impl Registry {
                 "node {node} already has {MAX_REPLICAS_PER_NODE} replicas (the limit)"
             )));
         }
-        let (ip, mut ops) = self.allocate(&format!("replica/{node}/{replica_id}"))?;
-        let rec = ReplicaRecord {
+        let record = |mesh_ip| ReplicaRecord {
             node_id: node,
             replica_id: replica_id.to_owned(),
-            mesh_ip: ip,
+            mesh_ip,
         };
-        ops.push(Op::put(key.clone(), json(&rec)));
-        let guards = [Compare::Absent(key), Compare::Absent(format!("ipam/{ip}"))];
-        match self.store.txn(&guards, &ops)? {
-            Some(_) => Ok(ip),
-            None => Err(RegistryError::Conflict(
-                "replica registered concurrently".into(),
-            )),
+        let guards = [Compare::Absent(key.clone())];
+        let owner = format!("replica/{node}/{replica_id}");
+        match self.allocate_with(&owner, &guards, |ip| {
+            vec![Op::put(key.clone(), json(&record(ip)))]
+        })? {
+            Allocated::New(ip) => Ok(ip),
+            // Registered at the same time through another cluster member: the same
+            // replica, so the same address.
+            Allocated::Guarded => self
+                .get::<ReplicaRecord>(&key)?
+                .map(|r| r.mesh_ip)
+                .ok_or_else(|| RegistryError::Conflict("replica registered concurrently".into())),
         }
     }
 
@@ -485,6 +475,9 @@ fn store_err(e: RegistryError) -> AuthError {
     }
 }
 
+mod alloc;
+#[cfg(test)]
+mod alloc_tests;
 mod meta;
 mod route_ops;
 mod route_set;

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::ipam::{Ipam, IpamError};
 use crate::routes::RouteError;
 use crate::store::{Compare, Op, Store, StoreError};
-use alloc::Allocated;
+use alloc::{Allocated, Claim, Reservations};
 
 /// A node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,7 +155,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     ipam: Ipam,
     token_key: [u8; 32],
-    write: Mutex<()>,
+    /// Orders this process's writers; holds the Mesh IPs being written.
+    write: Mutex<Reservations>,
     /// Every route as of a store revision, so adding one does not re-read them all.
     routes: Mutex<Option<(u64, Vec<RouteRecord>)>>,
 }
@@ -192,7 +193,7 @@ impl Registry {
             store,
             ipam,
             token_key,
-            write: Mutex::new(()),
+            write: Mutex::new(Reservations::default()),
             routes: Mutex::new(None),
         }
     }
@@ -213,7 +214,7 @@ impl Registry {
         &self.store
     }
 
-    fn lock(&self) -> MutexGuard<'_, ()> {
+    fn lock(&self) -> MutexGuard<'_, Reservations> {
         self.write.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -325,7 +326,7 @@ impl Registry {
     /// Enrol a device with tags (already validated).
     pub fn create_device_tagged(&self, name: &str, tags: Vec<String>) -> R<DeviceRecord> {
         validate_name(name)?;
-        let _g = self.lock();
+        let mut held = self.lock();
         if self.list_devices()?.iter().any(|d| d.name == name) {
             return Err(RegistryError::Conflict(format!(
                 "a device named {name:?} already exists"
@@ -341,8 +342,13 @@ impl Registry {
             token_hash: hash_secret(&self.secret(id)),
             tags: tags.clone(),
         };
-        let guards = [Compare::Absent(key.clone())];
-        match self.allocate_with(&format!("device/{id}"), &guards, |ip| {
+        let claim = Claim {
+            owner: &format!("device/{id}"),
+            guards: &[Compare::Absent(key.clone())],
+            replica_of: None,
+        };
+        // The mutex stays held across the write: device names are unique.
+        match self.allocate_with(Some(&mut held), &claim, |ip| {
             vec![Op::put(key.clone(), json(&dev(ip)))]
         })? {
             Allocated::New(ip) => Ok(dev(ip)),
@@ -398,44 +404,6 @@ impl Registry {
         Ok(d)
     }
 
-    /// The Mesh IP of a node replica, allocated on first sight and stable after.
-    pub fn replica_ip(&self, node: Id, replica_id: &str) -> R<Ipv4Addr> {
-        let key = format!("replicas/{node}/{replica_id}");
-        if let Some(r) = self.get::<ReplicaRecord>(&key)? {
-            return Ok(r.mesh_ip);
-        }
-        let _g = self.lock();
-        self.node(node)?; // deleted meanwhile?
-        if self.replicas(node)?.len() >= MAX_REPLICAS_PER_NODE {
-            return Err(RegistryError::Limit(format!(
-                "node {node} already has {MAX_REPLICAS_PER_NODE} replicas (the limit)"
-            )));
-        }
-        let record = |mesh_ip| ReplicaRecord {
-            node_id: node,
-            replica_id: replica_id.to_owned(),
-            mesh_ip,
-        };
-        let guards = [Compare::Absent(key.clone())];
-        let owner = format!("replica/{node}/{replica_id}");
-        match self.allocate_with(&owner, &guards, |ip| {
-            vec![Op::put(key.clone(), json(&record(ip)))]
-        })? {
-            Allocated::New(ip) => Ok(ip),
-            // Registered at the same time through another cluster member: the same
-            // replica, so the same address.
-            Allocated::Guarded => self
-                .get::<ReplicaRecord>(&key)?
-                .map(|r| r.mesh_ip)
-                .ok_or_else(|| RegistryError::Conflict("replica registered concurrently".into())),
-        }
-    }
-
-    /// Known replicas of a node.
-    pub fn replicas(&self, node: Id) -> R<Vec<ReplicaRecord>> {
-        self.list(&format!("replicas/{node}/"))
-    }
-
     /// Check a token string and say whose it is.
     pub fn authenticate(&self, token: &str) -> Result<(Token, Participant), AuthError> {
         let t = Token::decode(token)?;
@@ -479,6 +447,7 @@ mod alloc;
 #[cfg(test)]
 mod alloc_tests;
 mod meta;
+mod replicas;
 mod route_ops;
 mod route_set;
 

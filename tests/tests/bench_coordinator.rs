@@ -46,6 +46,8 @@ const IN_FLIGHT: usize = 32;
 /// Threads creating nodes through the REST API at once.
 const API_THREADS: usize = 4;
 const STORM_TARGET_MS: f64 = 2000.0;
+/// Heartbeat interval of the simulated replicas (see the module docs).
+const HEARTBEAT_MS: f64 = 200.0;
 /// See the module docs.
 const TIMINGS: [&str; 6] = [
     "--heartbeat-ms",
@@ -70,10 +72,13 @@ struct Node {
 /// The samples of one N.
 #[derive(Default)]
 struct Samples {
+    /// The first trial: every replica is new and gets its Mesh IP (a durable write each).
+    register_new_ms: Vec<f64>,
     connect_all_ms: Vec<f64>,
     connect_each_ms: Vec<f64>,
     rss_kib_per_conn: Vec<f64>,
     cpu_percent: Vec<f64>,
+    cpu_per_khb: Vec<f64>,
     storm_ms: Vec<f64>,
     api_ms: Vec<f64>,
 }
@@ -218,7 +223,8 @@ async fn storm(nodes: &mut [Node]) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
-/// Every trial for `n` connections (`n / 2` HA nodes), each on a restarted coordinator.
+/// Every trial for `n` connections (`n / 2` HA nodes), each on a restarted coordinator;
+/// one more first, in which every replica is new.
 fn measure(n: usize, trials: usize, samples: &mut Samples) -> anyhow::Result<()> {
     let mut lab = Lab::new()?;
     lab.coordinator_args(&TIMINGS);
@@ -250,7 +256,7 @@ fn measure(n: usize, trials: usize, samples: &mut Samples) -> anyhow::Result<()>
             })
             .collect::<std::io::Result<Vec<_>>>()
     })?;
-    for _ in 0..trials {
+    for _ in 0..=trials {
         // A fresh process, so memory freed by the previous trial does not hide growth.
         if let Some(c) = lab.coordinator() {
             c.kill();
@@ -268,7 +274,12 @@ fn measure(n: usize, trials: usize, samples: &mut Samples) -> anyhow::Result<()>
             .collect();
         let trial = rt.block_on(async {
             let (all, each) = connect_all(&endpoints, &mut nodes).await?;
-            samples.connect_all_ms.push(all.as_secs_f64() * 1e3);
+            let all_ms = all.as_secs_f64() * 1e3;
+            if samples.register_new_ms.is_empty() {
+                samples.register_new_ms.push(all_ms);
+            } else {
+                samples.connect_all_ms.push(all_ms);
+            }
             samples.connect_each_ms.extend(each);
             tokio::time::sleep(Duration::from_millis(500)).await;
             let after = rss_kib(pid)?;
@@ -277,6 +288,10 @@ fn measure(n: usize, trials: usize, samples: &mut Samples) -> anyhow::Result<()>
             tokio::time::sleep(CPU_WINDOW).await;
             let cpu = (cpu_seconds(pid)? - cpu0) / CPU_WINDOW.as_secs_f64();
             samples.cpu_percent.push(cpu * 100.0);
+            let heartbeats_per_s = n as f64 * 1e3 / HEARTBEAT_MS;
+            samples
+                .cpu_per_khb
+                .push(cpu * 100.0 / (heartbeats_per_s / 1e3));
             let storm = storm(&mut nodes).await?;
             samples.storm_ms.push(storm.as_secs_f64() * 1e3);
             drop(nodes);
@@ -312,8 +327,17 @@ fn record(n: usize, s: Samples) -> anyhow::Result<()> {
     };
     let series = [
         (
+            "register_new",
+            format!(
+                "first start: connect and register {n} new replicas, each allocating its Mesh IP"
+            ),
+            "ms",
+            s.register_new_ms,
+            None,
+        ),
+        (
             "connect_all",
-            format!("connect and register all {n} replicas"),
+            format!("reconnect: connect and register all {n} known replicas"),
             "ms",
             s.connect_all_ms,
             None,
@@ -337,6 +361,13 @@ fn record(n: usize, s: Samples) -> anyhow::Result<()> {
             format!("coordinator CPU with {n} connected and heartbeating"),
             "% core",
             s.cpu_percent,
+            None,
+        ),
+        (
+            "cpu_per_khb",
+            format!("coordinator CPU per 1,000 heartbeats/s, {n} connected"),
+            "% core",
+            s.cpu_per_khb,
             None,
         ),
         (
@@ -372,8 +403,8 @@ fn record(n: usize, s: Samples) -> anyhow::Result<()> {
             "connect_all" => f.note(&format!(
                 "{IN_FLIGHT} handshakes in flight over {ENDPOINTS} client UDP sockets, all N simulated in one process; \
                  heartbeats every 200 ms, leases 1 s (the default 50 ms would need 20,000 heartbeats/s at N = 1,000, \
-                 more than the simulator gets on 2 shared cores); the first trial also allocates every replica's Mesh IP; \
-                 `--quick` runs N = 100 and 1,000, the full run adds 5,000"
+                 more than the simulator gets on 2 shared cores); trials after the first (`register_new`, which allocates every replica's Mesh IP); \
+                 `--quick` runs N = 100 and 1,000, the full run adds 5,000; `MESHGATE_BENCH_COORD_SIZES=100,5000` picks others"
             )),
             "storm" => f.note("includes the 1 s lease the coordinator must let expire before it may promote"),
             _ => f,
@@ -388,12 +419,16 @@ fn record(n: usize, s: Samples) -> anyhow::Result<()> {
 fn bench_coordinator_scale() -> anyhow::Result<()> {
     require_root()?;
     let trials = bench::repeats(5);
-    let sizes: &[usize] = if bench::quick() {
-        &[100, 1_000]
-    } else {
-        &[100, 1_000, 5_000]
+    let sizes: Vec<usize> = match std::env::var("MESHGATE_BENCH_COORD_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| n.trim().parse())
+            .collect::<Result<_, _>>()
+            .context("MESHGATE_BENCH_COORD_SIZES: a comma-separated list of even numbers")?,
+        Err(_) if bench::quick() => vec![100, 1_000],
+        Err(_) => vec![100, 1_000, 5_000],
     };
-    for &n in sizes {
+    for n in sizes {
         let mut s = Samples::default();
         measure(n, trials, &mut s)?;
         record(n, s)?;

@@ -7,17 +7,35 @@
 //! `ipam/` only when [`PROBES`] in a row are taken. The address, the cursor and the
 //! owner's record are written in one transaction guarded by the address being absent;
 //! a lost race moves on to the next address.
+//!
+//! The choice is made under the registry's mutex, the write need not be: a registration
+//! reserves its address in memory, lets go of the mutex and writes, so that concurrent
+//! registrations share one commit of the store (see `store::redb`'s group commit)
+//! instead of queueing for one fsync each.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
-use super::{R, Registry, RegistryError, json};
+use meshgate_proto::Id;
+
+use super::{MAX_REPLICAS_PER_NODE, R, Registry, RegistryError, json};
 use crate::store::{Compare, Op};
 
 /// Addresses probed one by one after the cursor before one scan of every allocation.
 const PROBES: usize = 32;
 /// Allocations lost to another allocator before giving up.
 const ATTEMPTS: usize = 8;
+
+/// Addresses chosen in this process whose write has not landed yet; guarded by the
+/// registry's mutex.
+#[derive(Debug, Default)]
+pub(crate) struct Reservations {
+    /// The last address reserved.
+    cursor: Option<Ipv4Addr>,
+    in_flight: HashSet<Ipv4Addr>,
+    /// New replicas being written, per node (their records are not in the store yet).
+    replicas: HashMap<Id, usize>,
+}
 
 /// How a guarded allocation ended.
 pub(super) enum Allocated {
@@ -27,30 +45,35 @@ pub(super) enum Allocated {
     Guarded,
 }
 
+/// What an allocation is for.
+pub(super) struct Claim<'a> {
+    /// Written as the owner of `ipam/{ip}`.
+    pub owner: &'a str,
+    /// The caller's own guards, checked in the same transaction.
+    pub guards: &'a [Compare],
+    /// A new replica of this node: counted against [`MAX_REPLICAS_PER_NODE`].
+    pub replica_of: Option<Id>,
+}
+
 impl Registry {
-    /// Allocates a Mesh IP for `owner` and writes `record(ip)` with it, in one transaction
-    /// that also requires every one of `guards`.
+    /// Allocates a Mesh IP for `claim` and writes `record(ip)` with it, in one transaction.
+    /// `held` is the registry's mutex when the caller holds it for the whole call (it is
+    /// then kept across the write); otherwise the mutex is taken only to choose.
     pub(super) fn allocate_with(
         &self,
-        owner: &str,
-        guards: &[Compare],
+        mut held: Option<&mut Reservations>,
+        claim: &Claim<'_>,
         record: impl Fn(Ipv4Addr) -> Vec<Op>,
     ) -> R<Allocated> {
-        let mut after: Option<Ipv4Addr> = self.get("meta/ipam_cursor")?;
+        let mut after = None;
         for _ in 0..ATTEMPTS {
-            let ip = self.next_free(after)?;
-            let address = format!("ipam/{ip}");
-            let mut compares = guards.to_vec();
-            compares.push(Compare::Absent(address.clone()));
-            let mut ops = vec![
-                Op::put(address, owner),
-                Op::put("meta/ipam_cursor", json(&ip)),
-            ];
-            ops.extend(record(ip));
-            if self.store.txn(&compares, &ops)?.is_some() {
+            let ip = self.with_reservations(&mut held, |r| self.reserve(r, after, claim))?;
+            let written = self.write_allocation(ip, claim, &record);
+            self.with_reservations(&mut held, |r| r.release(ip, claim.replica_of));
+            if written? {
                 return Ok(Allocated::New(ip));
             }
-            if !self.all_hold(guards)? {
+            if !self.all_hold(claim.guards)? {
                 return Ok(Allocated::Guarded);
             }
             after = Some(ip); // another allocator took it
@@ -60,10 +83,69 @@ impl Registry {
         ))
     }
 
-    /// The first free address after `cursor`.
-    fn next_free(&self, cursor: Option<Ipv4Addr>) -> R<Ipv4Addr> {
+    fn with_reservations<T>(
+        &self,
+        held: &mut Option<&mut Reservations>,
+        f: impl FnOnce(&mut Reservations) -> T,
+    ) -> T {
+        match held {
+            Some(r) => f(r),
+            None => f(&mut self.lock()),
+        }
+    }
+
+    /// Chooses the next address (after `after`, else after the last one chosen, else
+    /// after the stored cursor) and holds it until [`Reservations::release`].
+    fn reserve(
+        &self,
+        r: &mut Reservations,
+        after: Option<Ipv4Addr>,
+        claim: &Claim<'_>,
+    ) -> R<Ipv4Addr> {
+        if let Some(node) = claim.replica_of {
+            let known = self.replicas(node)?.len() + r.replicas.get(&node).copied().unwrap_or(0);
+            if known >= MAX_REPLICAS_PER_NODE {
+                return Err(RegistryError::Limit(format!(
+                    "node {node} already has {MAX_REPLICAS_PER_NODE} replicas (the limit)"
+                )));
+            }
+        }
+        let cursor = match after {
+            Some(a) => Some(a),
+            None if !r.in_flight.is_empty() => r.cursor,
+            None => self.get("meta/ipam_cursor")?,
+        };
+        let ip = self.next_free(cursor, &r.in_flight)?;
+        r.in_flight.insert(ip);
+        r.cursor = Some(ip);
+        if let Some(node) = claim.replica_of {
+            *r.replicas.entry(node).or_default() += 1;
+        }
+        Ok(ip)
+    }
+
+    /// Writes the address, the cursor and the record; `false` if a guard failed.
+    fn write_allocation(
+        &self,
+        ip: Ipv4Addr,
+        claim: &Claim<'_>,
+        record: &impl Fn(Ipv4Addr) -> Vec<Op>,
+    ) -> R<bool> {
+        let address = format!("ipam/{ip}");
+        let mut compares = claim.guards.to_vec();
+        compares.push(Compare::Absent(address.clone()));
+        let mut ops = vec![
+            Op::put(address, claim.owner),
+            Op::put("meta/ipam_cursor", json(&ip)),
+        ];
+        ops.extend(record(ip));
+        Ok(self.store.txn(&compares, &ops)?.is_some())
+    }
+
+    /// The first address after `cursor` that is neither stored nor reserved.
+    fn next_free(&self, cursor: Option<Ipv4Addr>, reserved: &HashSet<Ipv4Addr>) -> R<Ipv4Addr> {
         for ip in self.ipam.candidates(cursor).take(PROBES) {
-            if self.store.get(&format!("ipam/{ip}"))?.is_none() {
+            if !reserved.contains(&ip) && self.store.get(&format!("ipam/{ip}"))?.is_none() {
                 return Ok(ip);
             }
         }
@@ -73,9 +155,9 @@ impl Registry {
             .into_iter()
             .map(|kv| kv.key["ipam/".len()..].to_owned())
             .collect();
-        Ok(self
-            .ipam
-            .next_free(cursor, |ip| used.contains(&ip.to_string()))?)
+        Ok(self.ipam.next_free(cursor, |ip| {
+            reserved.contains(&ip) || used.contains(&ip.to_string())
+        })?)
     }
 
     fn all_hold(&self, guards: &[Compare]) -> R<bool> {
@@ -91,5 +173,19 @@ impl Registry {
             }
         }
         Ok(true)
+    }
+}
+
+impl Reservations {
+    fn release(&mut self, ip: Ipv4Addr, replica_of: Option<Id>) {
+        self.in_flight.remove(&ip);
+        if let Some(node) = replica_of
+            && let Some(n) = self.replicas.get_mut(&node)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.replicas.remove(&node);
+            }
+        }
     }
 }

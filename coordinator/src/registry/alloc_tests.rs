@@ -15,10 +15,15 @@ use crate::store::{KeyValue, LeaseId, Watch};
 struct Racing {
     inner: RedbStore,
     races: StdMutex<usize>,
+    /// A key deleted just before the next transaction.
+    delete_first: StdMutex<Option<String>>,
 }
 
 impl Racing {
     fn race(&self, ops: &[Op]) {
+        if let Some(key) = self.delete_first.lock().unwrap().take() {
+            self.inner.delete(&key).unwrap();
+        }
         let mut left = self.races.lock().unwrap();
         if *left == 0 {
             return;
@@ -74,6 +79,7 @@ fn racing(dir: &std::path::Path, races: usize) -> (Arc<Racing>, Registry) {
     let store = Arc::new(Racing {
         inner: RedbStore::open(&dir.join("store.redb")).unwrap(),
         races: StdMutex::new(races),
+        delete_first: StdMutex::new(None),
     });
     let reg = Registry::new(
         store.clone(),
@@ -183,4 +189,46 @@ fn a_full_range_past_the_probes_is_found_by_one_scan_and_exhaustion_is_an_error(
         reg.create_device("one-too-many"),
         Err(RegistryError::Ipam(IpamError::Exhausted(_)))
     ));
+}
+
+#[test]
+fn concurrent_registrations_never_exceed_the_replica_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+    let ipam = Ipam::new("100.96.0.0/24".parse().unwrap()).unwrap();
+    let reg = Arc::new(Registry::new(store.clone(), ipam, [9; 32]));
+    let node = reg.create_node("gw", true).unwrap();
+    // Twice the cap, all at once: the writes happen outside the mutex, the count may not.
+    let threads: Vec<_> = (0..2 * MAX_REPLICAS_PER_NODE)
+        .map(|k| {
+            let reg = reg.clone();
+            std::thread::spawn(move || reg.replica_ip(node.id, &format!("r{k}")))
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, MAX_REPLICAS_PER_NODE);
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, RegistryError::Limit(_)))
+    );
+    assert_eq!(reg.replicas(node.id).unwrap().len(), MAX_REPLICAS_PER_NODE);
+    assert_eq!(store.range("ipam/").unwrap().len(), MAX_REPLICAS_PER_NODE);
+}
+
+#[test]
+fn a_node_deleted_while_its_replica_registers_gets_no_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, reg) = racing(dir.path(), 0);
+    let node = reg.create_node("gw", true).unwrap();
+    // The node is deleted after the registry read it, just before the replica's write.
+    *store.delete_first.lock().unwrap() = Some(format!("nodes/{}", node.id));
+    assert!(reg.replica_ip(node.id, "r1").is_err());
+    assert!(store.range("replicas/").unwrap().is_empty());
+    assert!(
+        store.range("ipam/").unwrap().is_empty(),
+        "an address leaked"
+    );
 }

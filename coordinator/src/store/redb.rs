@@ -5,7 +5,8 @@
 //! are ACID with copy-on-write pages and a checksummed commit — a `kill -9` in the middle
 //! of a commit leaves the previous committed state, never a torn one. Every commit here
 //! uses redb's default `Durability::Immediate` (fsync before `commit` returns), so an
-//! API call that answered success survives a crash.
+//! API call that answered success survives a crash. Concurrent transactions share a
+//! commit (see [`group`]).
 //!
 //! Layout: table `kv` maps key → `create_rev | mod_rev | lease | value` (three u64 BE
 //! then the bytes); `meta` holds the revision and lease counters; `leases` maps lease
@@ -18,6 +19,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 use tokio::sync::broadcast;
 
 use super::{Compare, KeyValue, LeaseId, Op, Store, StoreError, Watch, WatchEvent};
+
+mod group;
+use group::{Group, Job, Outcome};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -38,6 +42,7 @@ fn now_ms() -> u64 {
 pub struct RedbStore {
     db: Database,
     events: broadcast::Sender<WatchEvent>,
+    group: Group,
 }
 
 impl RedbStore {
@@ -55,6 +60,7 @@ impl RedbStore {
         Ok(Self {
             db,
             events: broadcast::channel(1024).0,
+            group: Group::default(),
         })
     }
 
@@ -136,6 +142,72 @@ impl RedbStore {
         Ok(())
     }
 
+    /// Applies `jobs` in one write transaction and commits once (not at all if none
+    /// applied). A backend failure fails the whole batch; nothing of it is kept.
+    fn commit_batch(&self, jobs: &[Job]) -> Vec<Outcome> {
+        let run = || -> Result<(Vec<Outcome>, Vec<WatchEvent>), StoreError> {
+            let tx = self.db.begin_write().map_err(be)?;
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            let mut events = Vec::new();
+            for job in jobs {
+                outcomes.push(self.apply_guarded(&tx, job, &mut events)?);
+            }
+            if outcomes.iter().any(|o| matches!(o, Ok(Some(_)))) {
+                tx.commit().map_err(be)?;
+                self.group.count_commit();
+            } // else dropping `tx` aborts it
+            Ok((outcomes, events))
+        };
+        match run() {
+            Ok((outcomes, events)) => {
+                self.publish(events);
+                outcomes
+            }
+            Err(e) => jobs
+                .iter()
+                .map(|_| Err(StoreError::Backend(e.to_string())))
+                .collect(),
+        }
+    }
+
+    /// One transaction inside a batch: the outer error fails the batch, the inner result
+    /// is the caller's (a failed compare or an unknown lease changes nothing).
+    fn apply_guarded(
+        &self,
+        tx: &WriteTransaction,
+        job: &Job,
+        events: &mut Vec<WatchEvent>,
+    ) -> Result<Outcome, StoreError> {
+        {
+            let kv = tx.open_table(KV).map_err(be)?;
+            for c in &job.compares {
+                let holds = match c {
+                    Compare::Absent(k) => kv.get(k.as_str()).map_err(be)?.is_none(),
+                    Compare::ModRevision(k, r) => kv
+                        .get(k.as_str())
+                        .map_err(be)?
+                        .is_some_and(|g| Self::decode(k, g.value()).mod_revision == *r),
+                };
+                if !holds {
+                    return Ok(Ok(None));
+                }
+            }
+        }
+        {
+            let leases = tx.open_table(LEASES).map_err(be)?;
+            for op in &job.ops {
+                if let Op::Put { lease: Some(l), .. } = op
+                    && leases.get(*l).map_err(be)?.is_none()
+                {
+                    return Ok(Err(StoreError::UnknownLease(*l)));
+                }
+            }
+        }
+        let rev = self.bump(tx)?;
+        Self::apply(tx, rev, &job.ops, events)?;
+        Ok(Ok(Some(rev)))
+    }
+
     fn keys_of_lease(tx: &WriteTransaction, lease: LeaseId) -> Result<Vec<String>, StoreError> {
         let kv = tx.open_table(KV).map_err(be)?;
         let mut out = Vec::new();
@@ -202,37 +274,11 @@ impl Store for RedbStore {
     }
 
     fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<Option<u64>, StoreError> {
-        let tx = self.db.begin_write().map_err(be)?;
-        {
-            let kv = tx.open_table(KV).map_err(be)?;
-            for c in compares {
-                let holds = match c {
-                    Compare::Absent(k) => kv.get(k.as_str()).map_err(be)?.is_none(),
-                    Compare::ModRevision(k, r) => kv
-                        .get(k.as_str())
-                        .map_err(be)?
-                        .is_some_and(|g| Self::decode(k, g.value()).mod_revision == *r),
-                };
-                if !holds {
-                    return Ok(None); // dropping `tx` aborts it
-                }
-            }
-        }
-        let leases = tx.open_table(LEASES).map_err(be)?;
-        for op in ops {
-            if let Op::Put { lease: Some(l), .. } = op
-                && leases.get(*l).map_err(be)?.is_none()
-            {
-                return Err(StoreError::UnknownLease(*l));
-            }
-        }
-        drop(leases);
-        let rev = self.bump(&tx)?;
-        let mut events = Vec::new();
-        Self::apply(&tx, rev, ops, &mut events)?;
-        tx.commit().map_err(be)?;
-        self.publish(events);
-        Ok(Some(rev))
+        let job = Job {
+            compares: compares.to_vec(),
+            ops: ops.to_vec(),
+        };
+        self.group.submit(job, |jobs| self.commit_batch(jobs))
     }
 
     fn revision(&self) -> Result<u64, StoreError> {
@@ -314,73 +360,4 @@ impl Store for RedbStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn open() -> (tempfile::TempDir, RedbStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = RedbStore::open(&dir.path().join("store.redb")).unwrap();
-        (dir, s)
-    }
-
-    #[test]
-    fn revisions_and_range() {
-        let (_d, s) = open();
-        crate::store::conformance::revisions_and_range(&s);
-    }
-
-    #[test]
-    fn compares_guard_transactions() {
-        let (_d, s) = open();
-        crate::store::conformance::compares_guard_transactions(&s);
-    }
-
-    #[test]
-    fn leases_delete_their_keys() {
-        let (_d, s) = open();
-        let l = s.lease_grant(Duration::ZERO).unwrap();
-        s.txn(
-            &[],
-            &[Op::Put {
-                key: "eph".into(),
-                value: vec![1],
-                lease: Some(l),
-            }],
-        )
-        .unwrap();
-        s.put("keep", b"1").unwrap();
-        assert_eq!(s.expire_leases().unwrap(), 1);
-        assert!(s.get("eph").unwrap().is_none());
-        assert!(s.get("keep").unwrap().is_some());
-        assert!(matches!(
-            s.lease_keep_alive(l),
-            Err(StoreError::UnknownLease(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn watch_sees_prefix_changes() {
-        let (_d, s) = open();
-        let mut w = s.watch("routes/");
-        s.put("nodes/x", b"1").unwrap();
-        s.put("routes/1", b"r").unwrap();
-        s.delete("routes/1").unwrap();
-        assert!(matches!(w.next().await.unwrap(), WatchEvent::Put(kv) if kv.key == "routes/1"));
-        assert!(
-            matches!(w.next().await.unwrap(), WatchEvent::Delete { key, .. } if key == "routes/1")
-        );
-    }
-
-    #[test]
-    fn survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("store.redb");
-        let rev = {
-            let s = RedbStore::open(&p).unwrap();
-            s.put("a", b"1").unwrap()
-        };
-        let s = RedbStore::open(&p).unwrap();
-        assert_eq!(s.revision().unwrap(), rev);
-        assert_eq!(s.get("a").unwrap().unwrap().value, b"1");
-    }
-}
+mod tests;

@@ -1,11 +1,13 @@
 //! Allocation with several allocators on one store (cluster members sharing etcd).
 
+use std::net::Ipv4Addr;
 use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
 use std::collections::HashSet;
 
 use super::*;
+use crate::ipam::IpamError;
 use crate::store::redb::RedbStore;
 use crate::store::{KeyValue, LeaseId, Watch};
 

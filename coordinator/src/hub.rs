@@ -30,6 +30,7 @@ mod events;
 mod log_link;
 pub mod logbook;
 mod policy_link;
+pub mod reclaim;
 pub mod tasks;
 pub use crate::core::ReplicaView;
 pub use events::{EventLog, NodeEvent};
@@ -213,9 +214,15 @@ impl Hub {
     }
 
     fn refuse(&self, origin: std::net::IpAddr, code: RefuseCode, reason: String) -> Refusal {
+        self.failed_attempt(origin);
+        Err((code, reason))
+    }
+
+    /// A refused registration or a malformed Hello from `origin`: counted, and towards
+    /// the source's rate limit.
+    pub fn failed_attempt(&self, origin: std::net::IpAddr) {
         self.metrics.auth_failures.fetch_add(1, Relaxed);
         lock(&self.fails).record(origin, Instant::now());
-        Err((code, reason))
     }
 
     /// Authenticate and register a connection (blocking: it may read and write the

@@ -1,6 +1,7 @@
 //! meshgate's coordinator: control plane (enrolment, IPAM, routes, HA election) and
 //! relay. The binary in `main.rs` wires these modules together.
 
+pub mod admission;
 pub mod api;
 pub mod cluster;
 pub mod core;

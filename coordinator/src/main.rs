@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
+use meshgate_coordinator::admission::{Admissions, Limits};
 use meshgate_coordinator::api::{self, Api};
 use meshgate_coordinator::cluster::{self, Cluster, Driver, Member, Membership};
 use meshgate_coordinator::hub::{self, Hub};
@@ -93,6 +94,23 @@ struct Serve {
     /// Key prefix of this cluster in etcd (several clusters can share one etcd).
     #[arg(long, env = "MESHGATE_ETCD_PREFIX", default_value = "/meshgate")]
     etcd_prefix: String,
+    /// QUIC connections at once, registered or not; more are refused.
+    #[arg(long, env = "MESHGATE_MAX_CONNECTIONS", default_value_t = Limits::default().total)]
+    max_connections: u32,
+    /// Connections from one source IP that have not registered yet (handshake, Hello);
+    /// more are refused. Registered connections do not count (many gateways may share
+    /// one NAT address).
+    #[arg(long, env = "MESHGATE_MAX_UNAUTHENTICATED_PER_SOURCE", default_value_t = Limits::default().per_source)]
+    max_unauthenticated_per_source: u32,
+    /// Unregistered connections at once above which new clients must first prove their
+    /// address with a QUIC Retry (one more round trip); 0: always.
+    #[arg(long, env = "MESHGATE_VALIDATE_ADDRESSES_ABOVE", default_value_t = Limits::default().validate_above)]
+    validate_addresses_above: u32,
+    /// Seconds after which a node replica that no coordinator has seen connected loses
+    /// its record and Mesh IP (a reinstalled host comes back under a new replica id);
+    /// 0: never. Give every member of a cluster the same value.
+    #[arg(long, env = "MESHGATE_REPLICA_RECLAIM_SECS", default_value_t = 7 * 86_400)]
+    replica_reclaim_secs: u64,
 }
 
 /// The store and identity: the data dir's own, or the cluster's in etcd.
@@ -191,6 +209,9 @@ async fn serve(a: Serve) -> Result<()> {
     hub::tasks::spawn(hub.clone(), epoch_writes, lease, hold)
         .await
         .context("failed to start the coordinator's tasks")?;
+    if a.replica_reclaim_secs > 0 {
+        hub::reclaim::spawn(hub.clone(), Duration::from_secs(a.replica_reclaim_secs));
+    }
 
     let endpoint = quic::endpoint(&id, a.quic_listen)?;
     let quic_addr = endpoint.local_addr().context("QUIC local address")?;
@@ -228,16 +249,22 @@ async fn serve(a: Serve) -> Result<()> {
     };
     let cluster = Arc::new(cluster);
     tokio::spawn(cluster::announce(cluster.clone(), hub.clone()));
+    let gate = Admissions::new(Limits {
+        total: a.max_connections,
+        per_source: a.max_unauthenticated_per_source,
+        validate_above: a.validate_addresses_above,
+    });
     let api_state = Arc::new(Api {
         hub: hub.clone(),
         admin_token: id.admin_token.clone(),
         cluster,
         fingerprint: id.fingerprint,
         quic_ready: false.into(),
+        admission: gate.clone(),
     });
     api_state.quic_ready.store(true, Relaxed);
 
-    tokio::spawn(quic::serve(endpoint, hub.clone()));
+    tokio::spawn(quic::serve(endpoint, hub.clone(), gate));
     tokio::spawn(meshgate_coordinator::policy::push::run(hub.clone()));
 
     tracing::info!(quic = %quic_addr, api = %api_addr, data_dir = %a.data_dir.display(), mesh = %ipam.cidr(), heartbeat_ms = a.heartbeat_ms, lease_ms = a.lease_ms, handover_overlap_ms = overlap, "coordinator started");

@@ -50,6 +50,12 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// Registrations accepted.
     pub registrations: AtomicU64,
+    /// Connections refused at the cap on all connections.
+    pub refused_total_cap: AtomicU64,
+    /// Connections refused at the cap on one source's unregistered connections.
+    pub refused_per_source_cap: AtomicU64,
+    /// QUIC Retry packets sent (address validation).
+    pub quic_retries: AtomicU64,
     hist: [AtomicU64; 10],
     hist_sum_us: AtomicU64,
 }
@@ -82,8 +88,14 @@ impl Metrics {
     }
 
     /// Prometheus text. `replicas` is (node name, ha_status, count); `participants`
-    /// the number of connected participants.
-    pub fn prometheus(&self, participants: usize, replicas: &[(String, &str, usize)]) -> String {
+    /// the number of connected participants; `connections` (all QUIC connections,
+    /// those not registered yet).
+    pub fn prometheus(
+        &self,
+        participants: usize,
+        connections: (u32, u32),
+        replicas: &[(String, &str, usize)],
+    ) -> String {
         use std::fmt::Write as _;
         let mut o = String::new();
         let mut c = |name: &str, help: &str, kind: &str, v: u64| {
@@ -130,6 +142,24 @@ impl Metrics {
             "Refused registrations.",
             "counter",
             self.auth_failures.load(Relaxed),
+        );
+        c(
+            "meshgate_quic_retries_total",
+            "QUIC Retry packets sent to validate a client's address.",
+            "counter",
+            self.quic_retries.load(Relaxed),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP meshgate_connections QUIC connections, registered or still unregistered (handshake, Hello).\n# TYPE meshgate_connections gauge\nmeshgate_connections{{state=\"registered\"}} {}\nmeshgate_connections{{state=\"unregistered\"}} {}",
+            connections.0 - connections.1,
+            connections.1
+        );
+        let _ = writeln!(
+            o,
+            "# HELP meshgate_connections_refused_total Connections refused at a connection limit.\n# TYPE meshgate_connections_refused_total counter\nmeshgate_connections_refused_total{{limit=\"total\"}} {}\nmeshgate_connections_refused_total{{limit=\"per_source\"}} {}",
+            self.refused_total_cap.load(Relaxed),
+            self.refused_per_source_cap.load(Relaxed)
         );
         let _ = writeln!(
             o,

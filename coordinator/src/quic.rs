@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -12,6 +13,7 @@ use meshgate_proto::frame::MAX_HELLO_FRAME;
 use meshgate_proto::stream::{read_frame, read_frame_max, write_frame};
 use meshgate_proto::{AgentMsg, CoordMsg, RefuseCode};
 
+use crate::admission::{Admissions, Admitted, Decision, Refusal};
 use crate::core::Input;
 use crate::hub::Hub;
 use crate::identity::Identity;
@@ -143,20 +145,47 @@ impl quinn::crypto::HmacKey for ResetKey {
     }
 }
 
-/// Accept connections until the endpoint closes.
-pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
+/// Accept connections until the endpoint closes, within `gate`'s limits.
+pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>, gate: Admissions) {
     while let Some(incoming) = endpoint.accept().await {
+        let origin = incoming.remote_address();
+        let (decision, ticket) = gate.decide(
+            origin.ip(),
+            incoming.remote_address_validated(),
+            incoming.may_retry(),
+        );
+        let ticket = match (decision, ticket) {
+            (Decision::Accept, Some(t)) => t,
+            (Decision::Retry, _) => {
+                hub.metrics.quic_retries.fetch_add(1, Relaxed);
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().ignore();
+                }
+                continue;
+            }
+            (refused, _) => {
+                let counter = match refused {
+                    Decision::Refuse(Refusal::PerSource) => &hub.metrics.refused_per_source_cap,
+                    _ => &hub.metrics.refused_total_cap,
+                };
+                if counter.fetch_add(1, Relaxed) % 1000 == 0 {
+                    tracing::warn!(%origin, ?refused, "connection refused at a connection limit (logged once per 1,000)");
+                }
+                incoming.refuse();
+                continue;
+            }
+        };
         let hub = hub.clone();
         tokio::spawn(async move {
-            let origin = incoming.remote_address();
-            if let Err(e) = handle(incoming, hub).await {
+            if let Err(e) = handle(incoming, hub, ticket).await {
                 tracing::info!(%origin, error = %format!("{e:#}"), "connection ended");
             }
         });
     }
 }
 
-async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>) -> Result<()> {
+/// One connection, holding its admission `ticket` until it ends.
+async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>, mut ticket: Admitted) -> Result<()> {
     let conn = incoming.await.context("handshake failed")?;
     let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
@@ -169,6 +198,7 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>) -> Result<()> {
     {
         Ok(Ok(Some(AgentMsg::Hello(h)))) => h,
         Ok(Ok(other)) => {
+            hub.failed_attempt(conn.remote_address().ip());
             refuse(
                 &conn,
                 &mut send,
@@ -179,6 +209,7 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>) -> Result<()> {
             anyhow::bail!("first message was {other:?}");
         }
         Ok(Err(e)) => {
+            hub.failed_attempt(conn.remote_address().ip());
             refuse(
                 &conn,
                 &mut send,
@@ -200,7 +231,10 @@ async fn handle(incoming: quinn::Incoming, hub: Arc<Hub>) -> Result<()> {
             .context("registration panicked")?
     };
     let (conn_id, ctl_rx) = match registered {
-        Ok(x) => x,
+        Ok(x) => {
+            ticket.registered();
+            x
+        }
         Err((code, reason)) => {
             refuse(&conn, &mut send, code, &reason).await;
             anyhow::bail!("refused (code {}): {reason}", code.0);

@@ -44,6 +44,9 @@ pub struct Registry {
     write: Mutex<Reservations>,
     /// Every route as of a store revision, so adding one does not re-read them all.
     routes: Mutex<Option<(u64, Vec<RouteRecord>)>>,
+    /// A registering replica whose record was last seen this many seconds ago refreshes
+    /// it (see [`reclaim`]); `u64::MAX` while reclaiming is off.
+    touch_after: std::sync::atomic::AtomicU64,
 }
 
 fn now_rfc3339() -> String {
@@ -80,6 +83,7 @@ impl Registry {
             token_key,
             write: Mutex::new(Reservations::default()),
             routes: Mutex::new(None),
+            touch_after: u64::MAX.into(),
         }
     }
 
@@ -332,6 +336,7 @@ mod alloc;
 #[cfg(test)]
 mod alloc_tests;
 mod meta;
+pub mod reclaim;
 mod records;
 mod replicas;
 mod route_ops;

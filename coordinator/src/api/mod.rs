@@ -43,6 +43,8 @@ pub struct Api {
     pub fingerprint: [u8; 32],
     /// Set once the QUIC listener is bound.
     pub quic_ready: AtomicBool,
+    /// The QUIC endpoint's connection counts (for `/metrics`).
+    pub admission: crate::admission::Admissions,
 }
 
 /// An API error: a 4xx/5xx with an envelope saying what is wrong.

@@ -1,7 +1,7 @@
 //! The public probes: readiness, Prometheus metrics and the JSON counters. They need no
 //! token (monitoring systems scrape them) and show no secrets: counts only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -10,6 +10,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+use meshgate_proto::Id;
 
 use super::Api;
 use super::schema::{Envelope, Readiness, ReplicaCount, Reply, Stats, ok};
@@ -45,21 +47,26 @@ async fn ready(State(api): State<Arc<Api>>) -> Reply<Readiness> {
     Reply(status, Readiness { ready, checks })
 }
 
-/// Connected participants, and connected replicas per (node name, `ha_status`).
+/// Connected participants, and connected replicas per (node name, `ha_status`). One
+/// pass over the census and one over the nodes: linear in the number of nodes.
 fn replica_census(api: &Api) -> (usize, Vec<(String, &'static str, usize)>) {
     let (participants, per) = api.hub.census();
     let nodes = api.hub.registry.list_nodes().unwrap_or_default();
-    let named = per
-        .into_iter()
+    (participants, named(per, nodes))
+}
+
+/// The census with node names for ids (the id where a node is gone).
+fn named(
+    per: Vec<(Id, &'static str, usize)>,
+    nodes: Vec<crate::registry::NodeRecord>,
+) -> Vec<(String, &'static str, usize)> {
+    let names: HashMap<Id, String> = nodes.into_iter().map(|n| (n.id, n.name)).collect();
+    per.into_iter()
         .map(|(id, st, n)| {
-            let name = nodes
-                .iter()
-                .find(|x| x.id == id)
-                .map_or_else(|| id.to_string(), |x| x.name.clone());
+            let name = names.get(&id).cloned().unwrap_or_else(|| id.to_string());
             (name, st, n)
         })
-        .collect();
-    (participants, named)
+        .collect()
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "probes",
@@ -73,7 +80,10 @@ async fn metrics(State(api): State<Arc<Api>>) -> Response {
 /// The Prometheus text `/metrics` serves (also written into sysdumps).
 pub(super) fn metrics_text(api: &Api) -> String {
     let (participants, replicas) = replica_census(api);
-    let mut text = api.hub.metrics.prometheus(participants, &replicas);
+    let mut text = api
+        .hub
+        .metrics
+        .prometheus(participants, api.admission.counts(), &replicas);
     text.push_str(&super::policies::prometheus(api));
     text
 }
@@ -114,4 +124,37 @@ pub fn routes() -> OpenApiRouter<Arc<Api>> {
         .routes(routes!(ready))
         .routes(routes!(metrics))
         .routes(routes!(stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn census_rows_get_their_node_names_and_a_gone_node_its_id() {
+        let nodes = (0..3u8)
+            .map(|i| crate::registry::NodeRecord {
+                id: Id([i; 16]),
+                name: format!("gw{i}"),
+                ha: true,
+                created_at: String::new(),
+                token_hash: [0; 32],
+                tags: Vec::new(),
+            })
+            .collect();
+        let gone = Id([9; 16]);
+        let per = vec![
+            (Id([2; 16]), "active", 1),
+            (gone, "passive", 2),
+            (Id([0; 16]), "passive", 3),
+        ];
+        assert_eq!(
+            named(per, nodes),
+            vec![
+                ("gw2".to_owned(), "active", 1),
+                (gone.to_string(), "passive", 2),
+                ("gw0".to_owned(), "passive", 3),
+            ]
+        );
+    }
 }

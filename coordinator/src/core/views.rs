@@ -217,6 +217,14 @@ impl Core {
         ids
     }
 
+    /// (participant id, replica id) of every session.
+    pub fn connected_replicas(&self) -> std::collections::HashSet<(Id, String)> {
+        self.sessions
+            .values()
+            .map(|s| (s.id, s.replica_id.clone()))
+            .collect()
+    }
+
     /// Whose session this is: its node or device id and replica id.
     pub fn session_owner(&self, session: SessionId) -> Option<(Id, String)> {
         self.sessions

@@ -70,6 +70,11 @@ pub struct ReplicaRecord {
     pub replica_id: String,
     /// Its Mesh IP.
     pub mesh_ip: Ipv4Addr,
+    /// When a coordinator last saw it connected, in seconds since the Unix epoch (0: a
+    /// record from before this field; treated as seen at the next sweep). Stale records
+    /// are reclaimed ([`super::reclaim`]).
+    #[serde(default)]
+    pub seen_at: u64,
 }
 
 /// Why a registry operation failed; the API maps these to 4xx/5xx.

@@ -4,9 +4,17 @@ use std::net::Ipv4Addr;
 
 use meshgate_proto::Id;
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use super::alloc::{Allocated, Claim};
-use super::{R, Registry, RegistryError, ReplicaRecord, json};
-use crate::store::{Compare, Op};
+use super::{R, Registry, RegistryError, ReplicaRecord, json, reclaim};
+use crate::store::{Compare, KeyValue, Op, StoreError};
+
+/// A stored replica record.
+pub(super) fn parse(kv: &KeyValue) -> R<ReplicaRecord> {
+    serde_json::from_slice(&kv.value)
+        .map_err(|e| StoreError::Backend(format!("corrupt record {}: {e}", kv.key)).into())
+}
 
 impl Registry {
     /// The Mesh IP of a node replica, allocated on first sight and stable after.
@@ -17,14 +25,24 @@ impl Registry {
     pub fn replica_ip(&self, node: Id, replica_id: &str) -> R<Ipv4Addr> {
         let key = format!("replicas/{node}/{replica_id}");
         let owner = format!("replica/{node}/{replica_id}");
+        let now = reclaim::unix_now();
         let record = |mesh_ip| ReplicaRecord {
             node_id: node,
             replica_id: replica_id.to_owned(),
             mesh_ip,
+            seen_at: now,
         };
         for _ in 0..3 {
-            if let Some(r) = self.get::<ReplicaRecord>(&key)? {
-                return Ok(r.mesh_ip);
+            if let Some(kv) = self.store.get(&key)? {
+                let r: ReplicaRecord = parse(&kv)?;
+                let touch_after = self.touch_after.load(Relaxed);
+                // A record a sweep may be about to reclaim is refreshed first, guarded:
+                // either the sweep's guarded delete fails, or this write does and the
+                // replica gets a new address on the next turn.
+                if now.saturating_sub(r.seen_at) < touch_after || self.touch(&kv, r.clone(), now)? {
+                    return Ok(r.mesh_ip);
+                }
+                continue;
             }
             let node_key = format!("nodes/{node}");
             let node_rev = self
@@ -49,6 +67,17 @@ impl Registry {
         Err(RegistryError::Conflict(
             "the node changed while its replica registered; try again".into(),
         ))
+    }
+
+    /// Record that a replica was seen at `now`, if its record is still `kv`; false if it
+    /// changed or went meanwhile.
+    pub(super) fn touch(&self, kv: &KeyValue, mut r: ReplicaRecord, now: u64) -> R<bool> {
+        r.seen_at = now;
+        let guard = [Compare::ModRevision(kv.key.clone(), kv.mod_revision)];
+        Ok(self
+            .store
+            .txn(&guard, &[Op::put(kv.key.clone(), json(&r))])?
+            .is_some())
     }
 
     /// Known replicas of a node.

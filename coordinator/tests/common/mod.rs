@@ -108,6 +108,27 @@ impl Coordinator {
         (status, serde_json::from_str(body).unwrap_or(Value::Null))
     }
 
+    /// A GET's body as text (`/metrics`).
+    pub fn text(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(self.api).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp.split_once("\r\n\r\n").unwrap().1.to_owned()
+    }
+
+    /// One sample's value in `/metrics` (`name` with its labels, as printed).
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = self.text("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    }
+
     pub fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (status, v) = self.call(method, path, body);
         assert!(

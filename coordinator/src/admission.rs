@@ -225,11 +225,15 @@ mod tests {
             Decision::Refuse(Refusal::PerSource)
         );
         // Another source is not affected.
-        assert_eq!(g.decide(ip(2), false, true).0, Decision::Accept);
+        let (d, other) = g.decide(ip(2), false, true);
+        assert_eq!(d, Decision::Accept);
         held[0].registered();
-        assert_eq!(g.decide(ip(1), true, false).0, Decision::Accept);
+        let (d, again) = g.decide(ip(1), true, false);
+        assert_eq!(d, Decision::Accept);
         // Registered connections do not count against the source, only the total.
-        assert_eq!(g.counts().0, 4);
+        assert_eq!(g.counts(), (4, 3));
+        drop((other, again));
+        assert_eq!(g.counts(), (2, 1));
     }
 
     #[test]

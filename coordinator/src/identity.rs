@@ -14,8 +14,8 @@ use anyhow::{Context as _, Result};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 pub use secrets::MIN_ADMIN_TOKEN_LEN;
-pub(crate) use secrets::{hex, write_secret};
 use secrets::{admin_token, read_secret, token_key};
+pub(crate) use secrets::{hex, write_secret};
 
 /// Everything the coordinator keeps on disk besides the store.
 pub struct Identity {
@@ -162,7 +162,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin-token");
         let long = "a".repeat(MIN_ADMIN_TOKEN_LEN);
-        for bad in [format!("{long}\u{e9}"), format!("{long}\0x"), format!("{long}\nx")] {
+        for bad in [
+            format!("{long}\u{e9}"),
+            format!("{long}\0x"),
+            format!("{long}\nx"),
+        ] {
             write_secret(&path, bad.as_bytes()).unwrap();
             let e = err(dir.path());
             assert!(e.contains("printable ASCII"), "{bad:?}: {e}");

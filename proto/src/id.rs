@@ -119,7 +119,11 @@ mod tests {
         // Found by the `parse` fuzz target: dashes anywhere were dropped, so these
         // parsed as the all-zero id.
         let zeros = "0".repeat(32);
-        for s in [format!("-{zeros}"), format!("{zeros}----"), format!("0-0-{}", &zeros[2..])] {
+        for s in [
+            format!("-{zeros}"),
+            format!("{zeros}----"),
+            format!("0-0-{}", &zeros[2..]),
+        ] {
             assert!(s.parse::<Id>().is_err(), "{s}");
         }
         assert_eq!(format!("{}", Id([0; 16])).parse::<Id>(), Ok(Id([0; 16])));

@@ -153,11 +153,17 @@ mod tests {
         };
         let mut a = Assembler::default();
         assert_eq!(a.push(part(2, 0, &e[..1])), None);
-        assert_eq!(a.push(part(3, 1, &e[1..2])), None, "not the first table's part");
+        assert_eq!(
+            a.push(part(3, 1, &e[1..2])),
+            None,
+            "not the first table's part"
+        );
         assert_eq!(a.push(part(3, 2, &e[2..])), None, "nor a first part");
         assert_eq!(a.push(part(3, 0, &e[..1])), None);
         assert_eq!(a.push(part(3, 1, &e[1..2])), None);
-        let whole = a.push(part(3, 2, &e[2..])).expect("parts that agree complete");
+        let whole = a
+            .push(part(3, 2, &e[2..]))
+            .expect("parts that agree complete");
         assert_eq!(whole.entries, e);
     }
 }

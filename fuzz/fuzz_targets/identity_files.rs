@@ -14,7 +14,7 @@ mod state_dir;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -62,7 +62,7 @@ fn place(path: &std::path::Path, content: &[u8], open_to_others: bool, missing: 
     }
 }
 
-fn admin_token(d: &PathBuf, content: &[u8], open_to_others: bool, missing: bool) {
+fn admin_token(d: &Path, content: &[u8], open_to_others: bool, missing: bool) {
     let path = d.join("admin-token");
     place(&path, content, open_to_others, missing);
     let got = secrets::admin_token(d);
@@ -91,7 +91,7 @@ fn admin_token(d: &PathBuf, content: &[u8], open_to_others: bool, missing: bool)
     }
 }
 
-fn token_key(d: &PathBuf, content: &[u8], open_to_others: bool, missing: bool) {
+fn token_key(d: &Path, content: &[u8], open_to_others: bool, missing: bool) {
     let path = d.join("token-key");
     place(&path, content, open_to_others, missing);
     let got = secrets::token_key(d);
@@ -113,7 +113,7 @@ fn token_key(d: &PathBuf, content: &[u8], open_to_others: bool, missing: bool) {
     }
 }
 
-fn replica_id(d: &PathBuf, content: &[u8], missing: bool) {
+fn replica_id(d: &Path, content: &[u8], missing: bool) {
     let path = d.join("replica-id");
     let _ = fs::remove_file(&path);
     if !missing {

@@ -4,14 +4,18 @@
 //! users can read, an empty or short admin token and a malformed token key, each with
 //! what to do about it.
 
+mod secrets;
+
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use rand::RngCore as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+pub use secrets::MIN_ADMIN_TOKEN_LEN;
+use secrets::{admin_token, read_secret, token_key};
+pub(crate) use secrets::{hex, write_secret};
 
 /// Everything the coordinator keeps on disk besides the store.
 pub struct Identity {
@@ -48,53 +52,6 @@ impl Identity {
         mac.update(b"meshgate quic stateless reset v1");
         mac.finalize().into_bytes().into()
     }
-}
-
-/// Shortest admin token accepted, in characters. A generated one has 64 hex digits; an
-/// empty one would match an empty `Authorization: Bearer ` header.
-pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
-
-/// Writes `data` to `path` crash-safely: a temporary file (mode 0600) is written and
-/// fsynced, renamed over `path`, and the directory fsynced, so after a crash `path` holds
-/// either nothing or all of `data`.
-pub(crate) fn write_secret(path: &Path, data: &[u8]) -> Result<()> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = Path::new(&tmp_name);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(tmp)
-        .with_context(|| format!("failed to create {}", tmp.display()))?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("failed to write {}", tmp.display()))?;
-    fs::rename(tmp, path).with_context(|| format!("failed to create {}", path.display()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("failed to sync the directory {}", dir.display()))?;
-    Ok(())
-}
-
-/// Reads a secret file, refusing one that others may read or write.
-fn read_secret(path: &Path) -> Result<Vec<u8>> {
-    let meta = fs::metadata(path).with_context(|| format!("failed to read {}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        anyhow::bail!(
-            "{} is open to other users (mode {mode:04o}) but holds a secret: run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        );
-    }
-    fs::read(path).with_context(|| format!("failed to read {}", path.display()))
-}
-
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Load the identity from `dir`, creating whatever is missing.
@@ -153,58 +110,10 @@ fn tls_identity(dir: &Path) -> Result<(CertificateDer<'static>, PrivateKeyDer<'s
     Ok((cert, key))
 }
 
-/// The REST API's bearer token, generated on first start; a short one is refused.
-fn admin_token(dir: &Path) -> Result<String> {
-    let path = dir.join("admin-token");
-    if !path.exists() {
-        let mut b = [0u8; 32];
-        rand::rng().fill_bytes(&mut b);
-        write_secret(&path, format!("{}\n", hex(&b)).as_bytes())?;
-    }
-    let text = String::from_utf8(read_secret(&path)?)
-        .with_context(|| format!("{} is not text", path.display()))?;
-    let token = text.trim();
-    if token.len() < MIN_ADMIN_TOKEN_LEN {
-        anyhow::bail!(
-            "{} holds {} characters, but an admin token needs at least {MIN_ADMIN_TOKEN_LEN} \
-             (an empty or short one is guessable). Delete the file to have a random one \
-             generated at the next start, or write a longer random token into it.",
-            path.display(),
-            token.len()
-        );
-    }
-    Ok(token.to_owned())
-}
-
-/// The key tokens are derived from, generated on first start: exactly 32 random bytes.
-fn token_key(dir: &Path) -> Result<[u8; 32]> {
-    let path = dir.join("token-key");
-    if !path.exists() {
-        let mut b = [0u8; 32];
-        rand::rng().fill_bytes(&mut b);
-        write_secret(&path, &b)?;
-    }
-    let bytes = read_secret(&path)?;
-    let fix = "Restore it from a backup of this data dir (every token derives from it); only \
-               if no token was ever issued, delete it to have a new one generated.";
-    let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-        anyhow::anyhow!(
-            "{} holds {} bytes, but a token key is exactly 32 random bytes. {fix}",
-            path.display(),
-            bytes.len()
-        )
-    })?;
-    if key.iter().all(|b| *b == key[0]) {
-        anyhow::bail!(
-            "{} holds the same byte 32 times, not a random key. {fix}",
-            path.display()
-        );
-    }
-    Ok(key)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]
@@ -244,6 +153,27 @@ mod tests {
             64,
             "a deleted token is generated anew"
         );
+    }
+
+    #[test]
+    fn an_admin_token_no_http_client_can_send_is_refused() {
+        // Found by the `identity_files` fuzz target: these loaded, but the API reads the
+        // token from a header (`HeaderValue::to_str`), so no request could ever match.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        let long = "a".repeat(MIN_ADMIN_TOKEN_LEN);
+        for bad in [
+            format!("{long}\u{e9}"),
+            format!("{long}\0x"),
+            format!("{long}\nx"),
+        ] {
+            write_secret(&path, bad.as_bytes()).unwrap();
+            let e = err(dir.path());
+            assert!(e.contains("printable ASCII"), "{bad:?}: {e}");
+        }
+        let fine = format!("{long} with\tspaces~!\n");
+        write_secret(&path, fine.as_bytes()).unwrap();
+        assert_eq!(load_or_create(dir.path()).unwrap().admin_token, fine.trim());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod hub;
 pub mod icmp;
 pub mod identity;
 pub mod ipam;
+pub mod lpm;
 pub mod metrics;
 pub mod policy;
 pub mod quic;

@@ -45,10 +45,21 @@ pub struct ParseIdError;
 impl FromStr for Id {
     type Err = ParseIdError;
 
+    /// 32 hex digits, or 36 characters dashed as [`Id`]'s `Display` does (`8-4-4-4-12`).
+    /// Dashes elsewhere are refused, so one id has exactly two spellings (per case).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex: Vec<u8> = s.bytes().filter(|&b| b != b'-').collect();
-        if hex.len() != 32 || s.len() > 36 {
-            return Err(ParseIdError);
+        const DASHES: [usize; 4] = [8, 13, 18, 23];
+        let b = s.as_bytes();
+        let mut hex = [0u8; 32];
+        match b.len() {
+            32 => hex.copy_from_slice(b),
+            36 if DASHES.iter().all(|&i| b[i] == b'-') => {
+                let digits = b.iter().enumerate().filter(|(i, _)| !DASHES.contains(i));
+                for (h, (_, d)) in hex.iter_mut().zip(digits) {
+                    *h = *d;
+                }
+            }
+            _ => return Err(ParseIdError),
         }
         let mut out = [0u8; 16];
         for (i, pair) in hex.chunks_exact(2).enumerate() {
@@ -105,6 +116,18 @@ mod tests {
         for s in ["", "xyz", "00000000-0000-0000-0000-00000000000g", "0000"] {
             assert!(s.parse::<Id>().is_err(), "{s}");
         }
+        // Found by the `parse` fuzz target: dashes anywhere were dropped, so these
+        // parsed as the all-zero id.
+        let zeros = "0".repeat(32);
+        for s in [
+            format!("-{zeros}"),
+            format!("{zeros}----"),
+            format!("0-0-{}", &zeros[2..]),
+        ] {
+            assert!(s.parse::<Id>().is_err(), "{s}");
+        }
+        assert_eq!(format!("{}", Id([0; 16])).parse::<Id>(), Ok(Id([0; 16])));
+        assert_eq!(zeros.parse::<Id>(), Ok(Id([0; 16])));
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub mod client;
 pub mod pin;
 #[cfg(feature = "client")]
 pub mod socket;
-#[cfg(feature = "client")]
+#[cfg(feature = "stream")]
 pub mod stream;
 
 pub use id::Id;

@@ -62,10 +62,12 @@ impl Assembler {
     /// Takes one part; returns the table once complete. A part that does not continue
     /// the table being built starts over (or is dropped if it is not a first part).
     pub fn push(&mut self, part: RoutesPart) -> Option<RouteTable> {
-        let continues = self
-            .building
-            .as_ref()
-            .is_some_and(|t| t.version == part.version && t.entries.len() == part.first as usize);
+        // A part of another size is another table, even under the same version.
+        let continues = self.building.as_ref().is_some_and(|t| {
+            t.version == part.version
+                && t.entries.len() == part.first as usize
+                && part.total as usize == self.total
+        });
         if !continues {
             self.building = None;
             if part.first != 0 {
@@ -135,5 +137,33 @@ mod tests {
         }
         assert_eq!(got, Some(new));
         assert_eq!(a.push(table(0, 3).parts()[0].clone()), Some(table(0, 3)));
+    }
+
+    #[test]
+    fn parts_that_disagree_on_the_size_are_not_one_table() {
+        // Found by the `parse` fuzz target: a part continuing another by version and
+        // index but declaring another size was appended, and a table handed out that
+        // the last part said was incomplete (2 entries of 3).
+        let e = table(3, 1).entries;
+        let part = |total, first, entries: &[RouteEntry]| RoutesPart {
+            version: 1,
+            total,
+            first,
+            entries: entries.to_vec(),
+        };
+        let mut a = Assembler::default();
+        assert_eq!(a.push(part(2, 0, &e[..1])), None);
+        assert_eq!(
+            a.push(part(3, 1, &e[1..2])),
+            None,
+            "not the first table's part"
+        );
+        assert_eq!(a.push(part(3, 2, &e[2..])), None, "nor a first part");
+        assert_eq!(a.push(part(3, 0, &e[..1])), None);
+        assert_eq!(a.push(part(3, 1, &e[1..2])), None);
+        let whole = a
+            .push(part(3, 2, &e[2..]))
+            .expect("parts that agree complete");
+        assert_eq!(whole.entries, e);
     }
 }

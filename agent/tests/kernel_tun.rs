@@ -144,7 +144,7 @@ fn rx_packets(ns: &Netns, dev: &str) -> anyhow::Result<u64> {
 
 #[test]
 #[ignore = "needs root: network namespaces"]
-fn tcp_crosses_two_tuns_split_and_coalesced_intact() -> anyhow::Result<()> {
+fn tcp_crosses_two_tuns_split_intact() -> anyhow::Result<()> {
     require_root()?;
     const MTU: usize = 1400;
     let (a, b) = (Netns::new("tuna")?, Netns::new("tunb")?);
@@ -188,11 +188,14 @@ fn tcp_crosses_two_tuns_split_and_coalesced_intact() -> anyhow::Result<()> {
         super_reads > 0,
         "no read was a super-packet: TSO is not in use"
     );
-    // The receiving TUN counts each (coalesced) write once.
-    let written = rx_packets(&b, "off0")?;
-    assert!(
-        written < packets,
-        "{packets} packets were written as {written}: nothing was coalesced"
+    // Not asserted: that the writes into `tunb` were coalesced (GRO). The kernel's
+    // `rx_packets` of the receiving TUN came out equal to the packets moved, or one
+    // less, in every one of 12 runs (2026-12-02), so the check that stood here passed
+    // only on that off-by-one, about half the time. Whether tun-rs coalesces this
+    // traffic on write at all is open (issue 14); `rx_packets` stays in the output.
+    eprintln!(
+        "moved {packets} packets in {super_reads} super-packet reads; tunb counted {} writes",
+        rx_packets(&b, "off0")?
     );
     Ok(())
 }

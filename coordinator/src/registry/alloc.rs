@@ -66,7 +66,7 @@ impl Registry {
         record: impl Fn(Ipv4Addr) -> Vec<Op>,
     ) -> R<Allocated> {
         let mut after = None;
-        for _ in 0..ATTEMPTS {
+        for attempt in 0..ATTEMPTS {
             let ip = self.with_reservations(&mut held, |r| self.reserve(r, after, claim))?;
             let written = self.write_allocation(ip, claim, &record);
             self.with_reservations(&mut held, |r| r.release(ip, claim.replica_of));
@@ -76,7 +76,13 @@ impl Registry {
             if !self.all_hold(claim.guards)? {
                 return Ok(Allocated::Guarded);
             }
-            after = Some(ip); // another allocator took it
+            // Another allocator took it. Both would now probe the same next address, so
+            // the loser skips a random stretch, wider each time: two allocators in
+            // lockstep stop colliding instead of racing for every address in turn.
+            let skip = rand::random_range(0..1usize << attempt.min(5));
+            after = std::iter::once(ip)
+                .chain(self.ipam.candidates(Some(ip)))
+                .nth(skip);
         }
         Err(RegistryError::Conflict(
             "concurrent Mesh IP allocations kept racing; try again".into(),

@@ -312,9 +312,8 @@ impl Failover {
             // again, healthy.
             let reason = match self.role {
                 Role::Active if self.draining => Some(HandoverReason::Drain),
-                Role::Active | Role::Standby if !self.serviceable() => {
-                    Some(HandoverReason::LinkDown)
-                }
+                Role::Active | Role::Standby if !self.link_up => Some(HandoverReason::LinkDown),
+                Role::Active | Role::Standby if !self.healthy => Some(HandoverReason::Unhealthy),
                 _ => None,
             };
             if let Some(reason) = reason {

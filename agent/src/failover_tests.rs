@@ -377,7 +377,7 @@ fn a_standby_asks_to_be_fenced_only_when_it_cannot_serve() {
     core.handle(now, status(Role::Standby, 1, Some(peer(2)), None));
     assert_eq!(
         core.handle(now, Event::Health { healthy: false }),
-        vec![Action::RequestHandover(HandoverReason::LinkDown)],
+        vec![Action::RequestHandover(HandoverReason::Unhealthy)],
         "health targets that stop answering make a standby ineligible"
     );
     assert!(core.handle(now, Event::Tick).is_empty(), "asked once");
@@ -394,7 +394,7 @@ fn an_active_whose_health_targets_fail_hands_over() {
     core.handle(now, status(Role::Active, 1, None, Some(now + LEASE)));
     assert_eq!(
         core.handle(now, Event::Health { healthy: false }),
-        vec![Action::RequestHandover(HandoverReason::LinkDown)]
+        vec![Action::RequestHandover(HandoverReason::Unhealthy)]
     );
     assert_eq!(
         core.forwarding(),

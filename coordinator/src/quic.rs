@@ -357,7 +357,10 @@ async fn control_loop(hub: &Hub, conn_id: u64, recv: &mut quinn::RecvStream) -> 
             }),
             Some(AgentMsg::RequestHandover { reason }) => {
                 tracing::info!(conn = conn_id, ?reason, "handover requested");
-                hub.input(Input::HandoverRequested { session: conn_id });
+                hub.input(Input::HandoverRequested {
+                    session: conn_id,
+                    reason,
+                });
             }
             Some(AgentMsg::FilterCounters(c)) => hub.policy_counters(conn_id, &c),
             Some(AgentMsg::Logs(batch)) => hub.agent_logs(conn_id, batch),

@@ -90,6 +90,10 @@ pub enum HandoverReason {
     Drain,
     /// The LAN link went down: this replica can no longer serve the subnet.
     LinkDown,
+    /// Its health targets (`--health-target`) stopped answering: it still has its LAN
+    /// link but cannot reach what the subnet is for. Sent only by agents of this
+    /// version or later; an older coordinator takes it for a malformed frame.
+    Unhealthy,
 }
 
 /// A replica's role in its node's HA group; the same type the XDP program enforces.

@@ -164,7 +164,10 @@ impl Coord {
             // A message sent on a connection of an earlier run never reaches this one.
             _ if !c.sessions.contains_key(&session) => return,
             Up::Heartbeat { seq } => Input::Heartbeat { session, seq },
-            Up::Handover => Input::HandoverRequested { session },
+            Up::Handover => Input::HandoverRequested {
+                session,
+                reason: meshgate_proto::HandoverReason::Drain,
+            },
             Up::Goodbye => {
                 c.sessions.remove(&session);
                 Input::Closed(session)

@@ -67,6 +67,14 @@ fn unreachable_health_targets_hand_over_and_keep_a_replica_ineligible() -> anyho
             .is_some_and(|r| r.starts_with("failed")),
         "{a}"
     );
+    // The coordinator says why in `connections`.
+    let conns = ha.lab.connections(&ha.node.0)?;
+    assert!(
+        conns
+            .iter()
+            .any(|c| c["role"] == "fenced" && c["handover_reason"] == "unhealthy"),
+        "connections do not show the failed health check: {conns:?}"
+    );
     wait_ping(&ha.device, HOST_IP)?;
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(ha.status(0)?["role"], "fenced", "not back while unhealthy");

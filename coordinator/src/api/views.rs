@@ -38,6 +38,10 @@ pub struct Replica {
     /// When it connected.
     #[schema(value_type = Timestamp)]
     pub run_at: String,
+    /// Why it asked to hand its role over, if it did: `drain` (shutting down),
+    /// `link_down` (its LAN link is down) or `unhealthy` (its `--health-target`s stopped
+    /// answering). Such a replica is not promoted until it registers again.
+    pub handover_reason: Option<String>,
     /// Its coordinator connections, one per coordinator it is connected to.
     pub conns: Vec<Conn>,
 }
@@ -68,6 +72,7 @@ impl From<ReplicaView> for Replica {
             draining: r.draining,
             epoch: r.epoch,
             run_at: r.run_at,
+            handover_reason: r.handover_reason.map(str::to_owned),
             conns: r
                 .conns
                 .into_iter()

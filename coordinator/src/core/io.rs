@@ -83,6 +83,8 @@ pub enum Input {
     HandoverRequested {
         /// From.
         session: SessionId,
+        /// Why, as the agent says (shown in `connections`).
+        reason: meshgate_proto::HandoverReason,
     },
     /// Time passed.
     Tick,

@@ -147,7 +147,10 @@ impl Core {
                 let event = election::Event::Heartbeat { conn: session, seq };
                 self.node_event(now, session, event, &mut out, &mut persist, &mut relay);
             }
-            Input::HandoverRequested { session } => {
+            Input::HandoverRequested { session, reason } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.withdrawn = Some(reason);
+                }
                 let event = election::Event::HandoverRequested { conn: session };
                 self.node_event(now, session, event, &mut out, &mut persist, &mut relay);
             }
@@ -242,6 +245,7 @@ impl Core {
                 origin: r.origin,
                 opened_at: r.opened_at,
                 heartbeats: RateLimit::heartbeats(heartbeat, now),
+                withdrawn: None,
             },
         );
         self.relay_stale = true;

@@ -18,6 +18,8 @@ pub(super) struct Session {
     pub(super) origin: SocketAddr,
     pub(super) opened_at: SystemTime,
     pub(super) heartbeats: RateLimit,
+    /// Why it asked to hand its role over, if it did.
+    pub(super) withdrawn: Option<meshgate_proto::HandoverReason>,
 }
 
 /// An election message as it goes on the wire.

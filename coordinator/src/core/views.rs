@@ -91,8 +91,20 @@ pub struct ReplicaView {
     pub epoch: u64,
     /// When it connected (RFC 3339).
     pub run_at: String,
+    /// Why it asked to hand its role over on this connection (`drain`, `link_down`,
+    /// `unhealthy`: its health targets stopped answering), if it did.
+    pub handover_reason: Option<&'static str>,
     /// Its connection(s).
     pub conns: Vec<serde_json::Value>,
+}
+
+fn reason_name(r: meshgate_proto::HandoverReason) -> &'static str {
+    use meshgate_proto::HandoverReason::*;
+    match r {
+        Drain => "drain",
+        LinkDown => "link_down",
+        Unhealthy => "unhealthy",
+    }
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -181,6 +193,7 @@ impl Core {
                     draining,
                     epoch: el.epoch(),
                     run_at,
+                    handover_reason: s.withdrawn.map(reason_name),
                     conns: vec![conn],
                 };
                 Some((s.opened_at, view))

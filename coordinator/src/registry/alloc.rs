@@ -33,8 +33,10 @@ pub(crate) struct Reservations {
     /// The last address reserved.
     cursor: Option<Ipv4Addr>,
     in_flight: HashSet<Ipv4Addr>,
-    /// New replicas being written, per node (their records are not in the store yet).
-    replicas: HashMap<Id, usize>,
+    /// New replicas being written, per node, by owner (`replica/{node}/{id}`). A record
+    /// may already be in the store while its owner is still here (between the write and
+    /// the release), so counts take the union of the two.
+    replicas: HashMap<Id, HashSet<String>>,
 }
 
 /// How a guarded allocation ended.
@@ -69,7 +71,7 @@ impl Registry {
         for attempt in 0..ATTEMPTS {
             let ip = self.with_reservations(&mut held, |r| self.reserve(r, after, claim))?;
             let written = self.write_allocation(ip, claim, &record);
-            self.with_reservations(&mut held, |r| r.release(ip, claim.replica_of));
+            self.with_reservations(&mut held, |r| r.release(ip, claim));
             if written? {
                 return Ok(Allocated::New(ip));
             }
@@ -109,7 +111,16 @@ impl Registry {
         claim: &Claim<'_>,
     ) -> R<Ipv4Addr> {
         if let Some(node) = claim.replica_of {
-            let known = self.replicas(node)?.len() + r.replicas.get(&node).copied().unwrap_or(0);
+            let stored: HashSet<String> = self
+                .replicas(node)?
+                .into_iter()
+                .map(|x| format!("replica/{node}/{}", x.replica_id))
+                .collect();
+            let writing = r
+                .replicas
+                .get(&node)
+                .map_or(0, |w| w.difference(&stored).count());
+            let known = stored.len() + writing;
             if known >= MAX_REPLICAS_PER_NODE {
                 return Err(RegistryError::Limit(format!(
                     "node {node} already has {MAX_REPLICAS_PER_NODE} replicas (the limit)"
@@ -125,7 +136,10 @@ impl Registry {
         r.in_flight.insert(ip);
         r.cursor = Some(ip);
         if let Some(node) = claim.replica_of {
-            *r.replicas.entry(node).or_default() += 1;
+            r.replicas
+                .entry(node)
+                .or_default()
+                .insert(claim.owner.to_owned());
         }
         Ok(ip)
     }
@@ -183,13 +197,13 @@ impl Registry {
 }
 
 impl Reservations {
-    fn release(&mut self, ip: Ipv4Addr, replica_of: Option<Id>) {
+    fn release(&mut self, ip: Ipv4Addr, claim: &Claim<'_>) {
         self.in_flight.remove(&ip);
-        if let Some(node) = replica_of
-            && let Some(n) = self.replicas.get_mut(&node)
+        if let Some(node) = claim.replica_of
+            && let Some(w) = self.replicas.get_mut(&node)
         {
-            *n -= 1;
-            if *n == 0 {
+            w.remove(claim.owner);
+            if w.is_empty() {
                 self.replicas.remove(&node);
             }
         }

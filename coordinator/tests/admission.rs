@@ -1,6 +1,7 @@
-//! Connection limits before authentication, against the real binary on loopback: the
+//! Connection limits against the real binary on loopback: before authentication, the
 //! cap on all connections, the cap on one source's unregistered connections, QUIC
-//! address validation, and malformed Hellos counted by the rate limiter.
+//! address validation and malformed Hellos counted by the rate limiter; after it, the
+//! bounded control queue of a peer that does not read.
 
 mod common;
 
@@ -151,4 +152,77 @@ async fn malformed_hellos_count_towards_the_rate_limit() {
         Err(e) => panic!("expected a rate-limit refusal, got {e}"),
         Ok(_) => panic!("a source that sent five malformed Hellos registered at once"),
     }
+}
+
+/// A registered peer that stops reading its control stream cannot make the coordinator
+/// queue without bound: once its bounded control queue is full it is disconnected.
+/// The peer keeps heartbeating (each one answered by a lease grant) with a 2 KiB stream
+/// window, so the coordinator's writer blocks and its queue fills within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_read_its_control_stream_is_disconnected() {
+    use meshgate_proto::stream::{read_frame, write_frame};
+    use meshgate_proto::{AgentMsg, CoordMsg, Hello, PROTOCOL_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    let c = Coordinator::start_with(
+        &dir.path().join("data"),
+        free_udp_port(),
+        &["--heartbeat-ms", "10", "--lease-ms", "100"],
+    );
+    let node = c.ok(
+        "POST",
+        "/api/v1/nodes",
+        Some(json!({"name": "gw", "ha": true})),
+    );
+    let token = Token::decode(node["token"].as_str().unwrap()).unwrap();
+    let mut cfg = client_config(token.fingerprint).unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(2048));
+    cfg.transport_config(std::sync::Arc::new(transport));
+    let conn = client()
+        .connect_with(cfg, token.addrs[0].parse().unwrap(), SERVER_NAME)
+        .unwrap()
+        .await
+        .expect("handshake");
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        token: token.encode(),
+        replica_id: meshgate_proto::id::new_replica_id(),
+        lan: common::lan(1),
+        agent_version: "test".into(),
+        seen_epoch: 0,
+    };
+    write_frame(&mut send, &AgentMsg::Hello(hello))
+        .await
+        .unwrap();
+    match read_frame::<CoordMsg>(&mut recv).await {
+        Ok(Some(CoordMsg::Welcome(_))) => {}
+        other => panic!("expected a Welcome, got {other:?}"),
+    }
+    // From here on nothing is read: grants pile up in the coordinator.
+    let started = std::time::Instant::now();
+    let mut seq = 0u64;
+    while conn.close_reason().is_none() && started.elapsed() < Duration::from_secs(60) {
+        seq += 1;
+        if write_frame(&mut send, &AgentMsg::Heartbeat { seq })
+            .await
+            .is_err()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("the coordinator closed the connection of a peer that does not read");
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(a) => {
+            assert_eq!(&a.reason[..], b"control queue full", "{a:?}")
+        }
+        other => panic!("closed for another reason: {other:?} after {seq} heartbeats"),
+    }
+    assert!(
+        c.call("GET", "/api/v1/stats", None).0 == 200,
+        "the coordinator still serves"
+    );
 }

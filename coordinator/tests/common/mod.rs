@@ -28,7 +28,7 @@ impl Coordinator {
         Self::start_with(dir, quic_port, &[])
     }
 
-    /// Start with extra `serve` arguments.
+    /// Start with extra `serve` arguments (they replace the defaults they name).
     pub fn start_with(dir: &Path, quic_port: u16, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate-coordinator"))
             .args(["serve", "--data-dir"])
@@ -39,14 +39,17 @@ impl Coordinator {
                 "--api-listen",
                 "127.0.0.1:0",
             ])
-            .args([
-                "--lease-ms",
-                &LEASE_MS.to_string(),
-                "--heartbeat-ms",
-                "50",
-                "--name",
-                "test-colo",
-            ])
+            .args(
+                [
+                    ["--lease-ms", &LEASE_MS.to_string()],
+                    ["--heartbeat-ms", "50"],
+                    ["--name", "test-colo"],
+                ]
+                .into_iter()
+                // A default `extra` sets itself is left out (clap refuses a repeat).
+                .filter(|[flag, _]| !extra.contains(flag))
+                .flatten(),
+            )
             .args(extra)
             .env("MESHGATE_LOG", "info")
             .stdout(Stdio::piped())

@@ -24,6 +24,7 @@ pub mod lab;
 pub mod lan_view;
 mod netns;
 pub mod packet;
+pub mod perf;
 pub mod probe;
 mod process;
 pub mod reference;

@@ -12,10 +12,14 @@
 //!
 //! Growth is shown as the ratio to N = 100 from the same run.
 //!
-//! Timings are 200 ms heartbeats and 1 s leases, not the default 50 ms / 250 ms: at 1,000
-//! replicas the defaults mean 20,000 heartbeats/s, which this one simulating process
-//! cannot send on the 2 shared cores it was measured on (its heartbeats fell late, leases
-//! expired and replicas flapped — the simulator's limit, not the coordinator's).
+//! Timings are 200 ms heartbeats and 1 s leases up to N = 1,000, not the default 50 ms /
+//! 250 ms: at 1,000 replicas the defaults mean 20,000 heartbeats/s, which this one
+//! simulating process cannot send on the 2 shared cores it was measured on (its heartbeats
+//! fell late, leases expired and replicas flapped). At N = 5,000 even 200 ms is 25,000
+//! heartbeats/s: the coordinator alone then needs more than one core (about 64 µs of CPU
+//! per heartbeat, `cpu_per_khb`, nearly all of it quinn's packet work: a heartbeat, its
+//! grant and their ACKs), and with the simulator beside it the registrations missed their
+//! deadlines. So N = 5,000 runs 500 ms heartbeats and 1.5 s leases: 10,000 heartbeats/s.
 
 use std::{
     net::UdpSocket,
@@ -46,17 +50,16 @@ const IN_FLIGHT: usize = 32;
 /// Threads creating nodes through the REST API at once.
 const API_THREADS: usize = 4;
 const STORM_TARGET_MS: f64 = 2000.0;
-/// Heartbeat interval of the simulated replicas (see the module docs).
-const HEARTBEAT_MS: f64 = 200.0;
-/// See the module docs.
-const TIMINGS: [&str; 6] = [
-    "--heartbeat-ms",
-    "200",
-    "--lease-ms",
-    "1000",
-    "--guard-ms",
-    "100",
-];
+/// Heartbeat interval and lease of the simulated replicas, in ms, for `n` of them (see
+/// the module docs): 200 / 1,000 up to N = 1,000; past it 500 / 1,500, which keeps 10,000
+/// heartbeats/s at N = 5,000 and a lease short enough for the storm's 2 s.
+fn timings(n: usize) -> (u64, u64) {
+    if n <= 1_000 {
+        (200, 1_000)
+    } else {
+        (500, 1_500)
+    }
+}
 /// Clock ticks per second of `/proc/<pid>/stat` CPU times (`USER_HZ`, 100 on Linux).
 const USER_HZ: f64 = 100.0;
 /// How long the steady-state CPU use is measured.
@@ -226,8 +229,17 @@ async fn storm(nodes: &mut [Node]) -> anyhow::Result<Duration> {
 /// Every trial for `n` connections (`n / 2` HA nodes), each on a restarted coordinator;
 /// one more first, in which every replica is new.
 fn measure(n: usize, trials: usize, samples: &mut Samples) -> anyhow::Result<()> {
+    let (heartbeat_ms, lease_ms) = timings(n);
+    let (heartbeat_ms, lease_ms) = (heartbeat_ms.to_string(), lease_ms.to_string());
     let mut lab = Lab::new()?;
-    lab.coordinator_args(&TIMINGS);
+    lab.coordinator_args(&[
+        "--heartbeat-ms",
+        &heartbeat_ms,
+        "--lease-ms",
+        &lease_ms,
+        "--guard-ms",
+        "100",
+    ]);
     lab.start_coordinator()?;
     let (tokens, api_ms) = create_nodes(&lab, n / 2)?;
     samples.api_ms = api_ms;
@@ -288,7 +300,7 @@ fn measure(n: usize, trials: usize, samples: &mut Samples) -> anyhow::Result<()>
             tokio::time::sleep(CPU_WINDOW).await;
             let cpu = (cpu_seconds(pid)? - cpu0) / CPU_WINDOW.as_secs_f64();
             samples.cpu_percent.push(cpu * 100.0);
-            let heartbeats_per_s = n as f64 * 1e3 / HEARTBEAT_MS;
+            let heartbeats_per_s = n as f64 * 1e3 / timings(n).0 as f64;
             samples
                 .cpu_per_khb
                 .push(cpu * 100.0 / (heartbeats_per_s / 1e3));
@@ -402,11 +414,12 @@ fn record(n: usize, s: Samples) -> anyhow::Result<()> {
         f = match key {
             "connect_all" => f.note(&format!(
                 "{IN_FLIGHT} handshakes in flight over {ENDPOINTS} client UDP sockets, all N simulated in one process; \
-                 heartbeats every 200 ms, leases 1 s (the default 50 ms would need 20,000 heartbeats/s at N = 1,000, \
-                 more than the simulator gets on 2 shared cores); trials after the first (`register_new`, which allocates every replica's Mesh IP); \
+                 heartbeats every 200 ms and leases of 1 s up to N = 1,000, 500 ms and 1.5 s at N = 5,000 (the default 50 ms \
+                 would need 20,000 heartbeats/s at N = 1,000 and 100,000 at 5,000, more than the simulator and the coordinator \
+                 get on 2 shared cores: `cpu_per_khb` is the coordinator's cost); trials after the first (`register_new`, which allocates every replica's Mesh IP); \
                  `--quick` runs N = 100 and 1,000, the full run adds 5,000; `MESHGATE_BENCH_COORD_SIZES=100,5000` picks others"
             )),
-            "storm" => f.note("includes the 1 s lease the coordinator must let expire before it may promote"),
+            "storm" => f.note("includes the lease (1 s, 1.5 s at N = 5,000) the coordinator must let expire before it may promote"),
             _ => f,
         };
         bench::record(&f)?;

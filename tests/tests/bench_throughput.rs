@@ -15,6 +15,7 @@ use meshgate_tests::{
     bench::{self, Better, Figure},
     cpu,
     ha::{HOST_IP, Ha},
+    perf,
     reference::{
         iperf::{self, Server},
         routed::Routed,
@@ -128,6 +129,8 @@ fn bench_throughput() -> anyhow::Result<()> {
             }
         }
     }
+    let meshgate = candidates.iter().find(|c| c.id == MESHGATE);
+    record_profiles(meshgate.context("meshgate is a candidate")?, dir.path())?;
     udp(&candidates, rounds, &mut runs)?;
     record(&runs)?;
     record_cpu(&runs)?;
@@ -146,6 +149,40 @@ fn bench_throughput() -> anyhow::Result<()> {
              size after path MTU discovery (UDP payload ≤ 1472)",
         ),
     )
+}
+
+/// One more TCP run each way, after the rounds and outside their figures, with meshgate's
+/// processes under `perf record`: per process role, the share of its samples in the
+/// kernel, its hottest symbols and how many threads carry the work.
+fn record_profiles(c: &Candidate<'_>, dir: &std::path::Path) -> anyhow::Result<()> {
+    let all: Vec<u32> = c.processes.iter().flat_map(|(_, p)| p.clone()).collect();
+    for (d, label, reverse) in DIRECTIONS {
+        let data = dir.join(format!("perf-tcp-{d}.data"));
+        let mbit = perf::record(&all, &data, || c.server.tcp(c.device, seconds(), reverse))?;
+        for (role, pids) in &c.processes {
+            let p = perf::profile(&data, pids)?;
+            let threads = p.busy_threads(10.0).len();
+            bench::record(
+                &Figure::new(
+                    &format!("throughput.tcp.{d}.meshgate.kernel.{role}"),
+                    ROW,
+                    &format!("TCP single stream, {label}: share of meshgate's {role} CPU in the kernel (perf)"),
+                    "%",
+                    Better::Lower,
+                )
+                .samples(vec![p.kernel_percent])
+                .reproduce(REPRODUCE)
+                .note(&format!(
+                    "`perf record -F 999` of an extra {:.0} s run ({mbit:.0} Mbit/s under the profiler), {} samples of \
+                     this role; hottest: {}; {threads} thread(s) with ≥ 10% of them",
+                    seconds(),
+                    p.samples,
+                    p.summary(6)
+                )),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// The WireGuard tunnel's two processes: device end, gateway end.

@@ -1,6 +1,6 @@
 //! The tools only the benchmarks use, as the references meshgate is compared with:
 //! keepalived (VRRP failover), wireguard-go and boringtun-cli (userspace WireGuard
-//! tunnels), `wg` to configure them, and iperf3. Each is installed only when missing, so a
+//! tunnels), `wg` to configure them, iperf3, and `perf` for the throughput row's profile. Each is installed only when missing, so a
 //! warm machine only checks. Debian has no boringtun, so it is built from crates.io into
 //! setup's cache dir, where the benchmarks look for it (`boringtun/bin/boringtun-cli`).
 
@@ -16,6 +16,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wireguard-go", "wireguard-go"),
     ("wireguard-tools", "wg"),
     ("iperf3", "iperf3"),
+    // Not a reference: the throughput row's profile of meshgate's processes.
+    ("linux-perf", "perf"),
 ];
 
 /// The crates.io package of the boringtun command-line tunnel.

@@ -135,17 +135,13 @@ fn report(data: &Path, pids: &[u32], sort: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Reads `perf report --stdio` output sorted by `dso,sym` and by `pid`.
+/// Reads `perf report --stdio -n` output sorted by `dso,sym` and by `pid`.
 fn parse(symbols: &str, threads: &str) -> anyhow::Result<Profile> {
-    let samples = symbols
-        .lines()
-        .find_map(|l| l.strip_prefix("# Samples: "))
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(count)
-        .context("perf report gave no sample count")?;
+    let mut samples = 0;
     let mut top = Vec::new();
     let mut kernel_percent = 0.0;
-    for (percent, rest) in rows(symbols) {
+    for (percent, count, rest) in rows(symbols) {
+        samples += count;
         // `[kernel.kallsyms]  [k] copy_user…` or `meshgate-agent  [.] aes…`: the symbol
         // starts at its `[k]`/`[.]` mark.
         let Some(at) = rest.find("[k] ").or_else(|| rest.find("[.] ")) else {
@@ -157,8 +153,9 @@ fn parse(symbols: &str, threads: &str) -> anyhow::Result<Profile> {
         }
         top.push(Share { name, percent });
     }
+    anyhow::ensure!(samples > 0, "perf recorded no samples of these processes");
     let threads = rows(threads)
-        .map(|(percent, rest)| Share {
+        .map(|(percent, _, rest)| Share {
             name: rest.trim().to_owned(),
             percent,
         })
@@ -171,23 +168,16 @@ fn parse(symbols: &str, threads: &str) -> anyhow::Result<Profile> {
     })
 }
 
-/// The report's data rows: percent and the rest of the line.
-fn rows(report: &str) -> impl Iterator<Item = (f64, &str)> {
+/// The report's data rows: percent, sample count and the rest of the line.
+fn rows(report: &str) -> impl Iterator<Item = (f64, u64, &str)> {
     report
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (p, rest) = l.trim_start().split_once('%')?;
-            Some((p.parse().ok()?, rest))
+            let (count, rest) = rest.trim_start().split_once(' ')?;
+            Some((p.parse().ok()?, count.parse().ok()?, rest))
         })
-}
-
-/// `12K` or `873` as a number.
-fn count(s: &str) -> Option<u64> {
-    match s.strip_suffix('K') {
-        Some(k) => Some((k.parse::<f64>().ok()? * 1e3) as u64),
-        None => s.parse().ok(),
-    }
 }
 
 #[cfg(test)]
@@ -201,22 +191,22 @@ mod tests {
 # Overhead  Shared Object      Symbol
 # ........  .................  ..........................
 #
-    40.00%  [kernel.kallsyms]  [k] copy_user_enhanced_fast_string
-    25.50%  meshgate-agent     [.] aes_gcm_enc_update
-     4.50%  libc.so.6          [.] __memmove_avx_unaligned_erms
+    40.00%          4800  [kernel.kallsyms]  [k] copy_user_enhanced_fast_string
+    25.50%          3060  meshgate-agent     [.] aes_gcm_enc_update
+     4.50%           540  libc.so.6          [.] __memmove_avx_unaligned_erms
 ";
     const THREADS: &str = "\
 # Samples: 12K of event 'cpu-clock:ppp'
 #
-    60.00%  4242:tokio-runtime-w
-    38.00%  4243:tokio-runtime-w
-     2.00%  4241:meshgate-coordi
+    60.00%          7200  4242:tokio-runtime-w
+    38.00%          4560  4243:tokio-runtime-w
+     2.00%           240  4241:meshgate-coordi
 ";
 
     #[test]
     fn a_report_reads_as_kernel_share_symbols_and_threads() {
         let p = parse(SYMBOLS, THREADS).unwrap();
-        assert_eq!(p.samples, 12_000);
+        assert_eq!(p.samples, 8_400);
         assert!((p.kernel_percent - 40.0).abs() < 1e-9);
         assert_eq!(p.top.len(), 3);
         assert_eq!(p.top[1].name, "[.] aes_gcm_enc_update");
@@ -230,6 +220,6 @@ mod tests {
             .map(|t| t.name.as_str())
             .collect();
         assert_eq!(busy, ["4242:tokio-runtime-w", "4243:tokio-runtime-w"]);
-        assert!(parse("no header", THREADS).is_err());
+        assert!(parse("# Samples: 0\n", THREADS).is_err());
     }
 }

@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 use meshgate_proto::Id;
 
 use super::model::Endpoint;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Registry, RegistryError, ReplicaRecord};
 
 /// A device or node as policies see it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -103,6 +103,15 @@ impl World {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// Whether this snapshot already holds what a stored replica record says: its node
+    /// has its address. A registration that only refreshes the record's `seen_at` changes
+    /// no filter.
+    pub fn knows_replica(&self, r: &ReplicaRecord) -> bool {
+        self.nodes
+            .get(&r.node_id)
+            .is_some_and(|m| m.nets.contains(&Ipv4Net::from(r.mesh_ip)))
     }
 
     /// What a device or node receives from the tunnel, and so what its agent filters.

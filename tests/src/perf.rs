@@ -120,6 +120,7 @@ fn report(data: &Path, pids: &[u32], sort: &str) -> anyhow::Result<String> {
             "report",
             "--stdio",
             "--no-children",
+            "-n",
             "--percentage",
             "relative",
         ])
@@ -153,7 +154,11 @@ fn parse(symbols: &str, threads: &str) -> anyhow::Result<Profile> {
         }
         top.push(Share { name, percent });
     }
-    anyhow::ensure!(samples > 0, "perf recorded no samples of these processes");
+    anyhow::ensure!(
+        samples > 0,
+        "perf recorded no samples of these processes; its report:\n{}",
+        symbols.chars().take(1500).collect::<String>()
+    );
     let threads = rows(threads)
         .map(|(percent, _, rest)| Share {
             name: rest.trim().to_owned(),
@@ -221,5 +226,28 @@ mod tests {
             .collect();
         assert_eq!(busy, ["4242:tokio-runtime-w", "4243:tokio-runtime-w"]);
         assert!(parse("# Samples: 0\n", THREADS).is_err());
+    }
+
+    #[test]
+    #[ignore = "needs perf (linux-perf) and root: run by hand"]
+    fn a_busy_process_profiles_as_mostly_kernel_time() {
+        let mut dd = std::process::Command::new("dd")
+            .args(["if=/dev/zero", "of=/dev/null", "bs=64k", "count=100000000"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("dd.data");
+        record(&[dd.id()], &data, || {
+            std::thread::sleep(Duration::from_millis(700));
+            Ok(())
+        })
+        .unwrap();
+        let p = profile(&data, &[dd.id()]);
+        dd.kill().ok();
+        dd.wait().ok();
+        let p = p.unwrap();
+        assert!(p.samples > 100, "{p:?}");
+        assert!(p.kernel_percent > 50.0, "{p:?}");
     }
 }

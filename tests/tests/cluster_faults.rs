@@ -4,7 +4,6 @@
 //! coordinator must stop granting before anyone else can promote (no split brain), and
 //! traffic must not stay stuck behind it.
 
-use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
@@ -21,42 +20,6 @@ const LEASE: Duration = Duration::from_millis(250);
 /// How long a promotion may take once the cut-off member's key can expire: its TTL (5 s),
 /// then a lapse mark, one promotion and the watches between them.
 const PROMOTED_WITHIN: Duration = Duration::from_secs(15);
-/// How long a coordinator goes without etcd before it calls itself cut off (and agents
-/// send through another): the data-plane check holds only if etcd itself answered again
-/// sooner.
-const CUT_OFF: Duration = Duration::from_secs(2);
-
-/// Time until a surviving member `via` of etcd accepts a write again (its leader election
-/// after a kill), through etcd's JSON gateway; `None` if not within 10 s. Each attempt
-/// gives up after 300 ms: a write proposed while there is no leader waits out etcd's
-/// 7 s request timeout.
-fn etcd_recovery(c: &Cluster, via: usize, since: Instant) -> Option<Duration> {
-    let site = &c.sites.sites[via];
-    let addr = format!("{}:2379", site.ip);
-    // base64 of "/meshgate-test/probe" and "1".
-    let body = r#"{"key":"L21lc2hnYXRlLXRlc3QvcHJvYmU=","value":"MQ=="}"#;
-    let request = format!(
-        "POST /v3/kv/put HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let put = || -> anyhow::Result<bool> {
-        let addr = addr.parse()?;
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300))?;
-        s.set_read_timeout(Some(Duration::from_millis(300)))?;
-        s.write_all(request.as_bytes())?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply)?;
-        Ok(reply.starts_with("HTTP/1.1 200") && reply.contains("\"revision\""))
-    };
-    while since.elapsed() < Duration::from_secs(10) {
-        if site.ns.enter(put).ok().and_then(Result::ok) == Some(true) {
-            return Some(since.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
 
 fn report(r: &FlowReport) {
     println!("{}", r.summary());
@@ -102,12 +65,10 @@ fn killing_the_etcd_leader_leaves_the_data_plane_alone() -> anyhow::Result<()> {
         let leader = c.sites.etcd_leader(0)?;
         let p = probe(c, d, 7300)?;
         std::thread::sleep(Duration::from_millis(800));
-        let killed = Instant::now();
         c.sites.kill_etcd(leader);
-        let recovery = etcd_recovery(c, (leader + 1) % SITES, killed);
         // Past the member TTL (5 s): a coordinator that lost etcd for good would have
         // fenced itself by then, and the flow would show it.
-        std::thread::sleep(Duration::from_secs(7).saturating_sub(killed.elapsed()));
+        std::thread::sleep(Duration::from_secs(7));
         let (inbound, outbound) = p.stop()?;
         report(&inbound);
         report(&outbound);
@@ -120,14 +81,6 @@ fn killing_the_etcd_leader_leaves_the_data_plane_alone() -> anyhow::Result<()> {
             outbound.outage().as_millis()
         );
         ensure!(after? == before, "the active replica or its epoch changed");
-        println!("etcd accepted writes again {recovery:?} after the kill");
-        // On a loaded machine etcd's own election can outlast what the coordinators
-        // tolerate; they then rightly stop granting, and this check does not apply.
-        if recovery.is_none_or(|r| r >= CUT_OFF) {
-            println!("etcd was out for {CUT_OFF:?} or more: the data-plane check does not apply");
-            c.sites.start_etcd(leader)?;
-            return c.sites.wait_etcd_healthy();
-        }
         for r in [&inbound, &outbound] {
             ensure!(
                 r.outage() < LEASE,

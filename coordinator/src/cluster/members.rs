@@ -296,7 +296,8 @@ async fn renew(etcd: &Etcd, lease: i64, renewed_ms: &AtomicU64, events: &Events)
                 if acked.elapsed() >= MEMBER_TTL {
                     return format!("no keep-alive answered within the TTL ({e})");
                 }
-                tokio::time::sleep(RETRY).await;
+                // The endpoint may be the one that died: move on, as for a broken stream.
+                client = next_endpoint(etcd, &mut next, &e.to_string()).await;
                 continue;
             }
         };
@@ -332,16 +333,24 @@ async fn renew(etcd: &Etcd, lease: i64, renewed_ms: &AtomicU64, events: &Events)
         };
         // The lease may well be alive (etcd lost its leader, a member died): open a new
         // stream; answers to what was sent on the old one are lost.
-        let endpoints = etcd.endpoints();
-        let endpoint = endpoints[next % endpoints.len()].clone();
-        next += 1;
-        tracing::info!(reason = %broke, %endpoint, "etcd keep-alive stream broke; reopening on the next endpoint");
-        client = match Etcd::single(endpoint, REQUEST_TIMEOUT).await {
-            Ok(c) => c,
-            Err(_) => etcd.client(),
-        };
-        tokio::time::sleep(RETRY.min(RENEW_EVERY)).await;
+        client = next_endpoint(etcd, &mut next, &broke).await;
     }
+}
+
+/// A client on the next endpoint in turn, after a short pause. Without the rotation on a
+/// failed open too, a member whose turn had come to a killed etcd retried that endpoint
+/// until its lease ran out (every member lost its lease when the etcd leader `e1` died).
+async fn next_endpoint(etcd: &Etcd, next: &mut usize, why: &str) -> Client {
+    let endpoints = etcd.endpoints();
+    let endpoint = endpoints[*next % endpoints.len()].clone();
+    *next += 1;
+    tracing::info!(reason = %why, %endpoint, "etcd keep-alive stream broke; reopening on the next endpoint");
+    let client = match Etcd::single(endpoint, REQUEST_TIMEOUT).await {
+        Ok(c) => c,
+        Err(_) => etcd.client(),
+    };
+    tokio::time::sleep(RETRY.min(RENEW_EVERY)).await;
+    client
 }
 
 /// Stand in etcd's election on `lease` until elected, then tell the core it decides.

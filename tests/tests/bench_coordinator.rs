@@ -16,7 +16,7 @@
 //! 250 ms: at 1,000 replicas the defaults mean 20,000 heartbeats/s, which this one
 //! simulating process cannot send on the 2 shared cores it was measured on (its heartbeats
 //! fell late, leases expired and replicas flapped). At N = 5,000 even 200 ms is 25,000
-//! heartbeats/s: the coordinator alone then needs more than one core (about 64 µs of CPU
+//! heartbeats/s: the coordinator alone then needs more than one core (about 50 µs of CPU
 //! per heartbeat, `cpu_per_khb`, nearly all of it quinn's packet work: a heartbeat, its
 //! grant and their ACKs), and with the simulator beside it the registrations missed their
 //! deadlines. So N = 5,000 runs 500 ms heartbeats and 1.5 s leases: 10,000 heartbeats/s.
